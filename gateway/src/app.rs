@@ -1,0 +1,82 @@
+//! `gateway run`: brings steering up, serves flows, tears down on a signal.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use log::info;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::Config,
+    control,
+    proxy::{self, Context, Kind},
+    steering::{Steering, guard, preflight, routing::PolicyRouting},
+};
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    preflight::check()?;
+    let s = &config.steering;
+    let routing = PolicyRouting { fwmark: s.fwmark, table: s.route_table, priority: s.rule_priority };
+    // The guard first: from here on, however we die, the routing goes too.
+    let guard = guard::spawn(routing).context("starting the routing guard process")?;
+    routing.install().await.context("installing the policy routing for steered packets")?;
+
+    let result = serve(&config).await;
+
+    let removed = routing.remove().await.context("removing the policy routing");
+    drop(guard);
+    result.and(removed)
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let mut steering = Steering::start(&config.steering)?;
+    let ctx = Arc::new(Context { config: config.proxy.clone(), stats: Default::default() });
+
+    let p = &config.proxy;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (kind, port) in [
+        (Kind::Http, p.http_listener_port),
+        (Kind::FtpControl, p.ftp_listener_port),
+        (Kind::FtpData, p.ftp_data_listener_port),
+    ] {
+        let families: &[bool] = if p.ipv6 { &[false, true] } else { &[false] };
+        for &v6 in families {
+            let listener = proxy::listener::transparent(port, v6)
+                .with_context(|| format!("opening the {} listener on port {port}", kind.name()))?;
+            let local = listener.local_addr()?;
+            steering.register_listener(kind.slot_kind(), local, &listener)?;
+            tasks.spawn(proxy::serve(listener, kind, ctx.clone()));
+        }
+    }
+
+    let steering = Arc::new(steering);
+    if !config.control.socket.as_os_str().is_empty() {
+        let sock = control::bind(&config.control.socket)
+            .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
+        tasks.spawn(control::serve(sock, steering.clone(), ctx.clone()));
+    }
+
+    info!(
+        "gateway running: interfaces {:?}, http ports {:?}, ftp ports {:?}, xdp {:?}",
+        config.steering.interfaces, config.steering.http_ports, config.steering.ftp_ports, config.steering.xdp_mode
+    );
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    let stats = control::Stats {
+        kernel: steering.stats(),
+        proxy: ctx.stats.snapshot(),
+        expectations: steering.expectations().len(),
+    };
+    info!("final counters: {}", serde_json::to_string(&stats).unwrap_or_default());
+    tasks.shutdown().await;
+    if !config.control.socket.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(&config.control.socket);
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! The configuration file (TOML): parsing, defaults and validation.
+//!
+//! Every key is documented, with its default, in `config/gateway.toml` at
+//! the repository root. Unknown keys are errors: a typo in a firewall's
+//! configuration must not silently fall back to a default.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::units::Span;
+
+/// Why a configuration could not be used. Each message is one sentence
+/// meant for the admin.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type or a bad value.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's description, with line and column.
+        message: String,
+    },
+    /// A value parsed but does not make sense here.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// eBPF steering: which flows go to the gateway.
+    pub steering: Steering,
+    /// The gateway's own listeners and upstream connections.
+    pub proxy: Proxy,
+    /// The control socket (`gateway stats`, `gateway expect`).
+    pub control: Control,
+}
+
+/// `[steering]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Steering {
+    /// Client-facing interfaces: TC and XDP programs attach here.
+    pub interfaces: Vec<String>,
+    /// Destination ports steered to the HTTP proxy.
+    pub http_ports: Vec<u16>,
+    /// Destination ports steered to the FTP proxy.
+    pub ftp_ports: Vec<u16>,
+    /// Client prefixes that are never steered.
+    pub bypass: Vec<IpNet>,
+    /// Source or destination prefixes dropped by XDP.
+    pub block: Vec<IpNet>,
+    /// XDP attach mode.
+    pub xdp_mode: XdpMode,
+    /// fwmark put on steered packets.
+    pub fwmark: u32,
+    /// Routing table holding `local default dev lo`.
+    pub route_table: u32,
+    /// Priority of the `fwmark → table` rule.
+    pub rule_priority: u32,
+}
+
+impl Default for Steering {
+    fn default() -> Self {
+        Steering {
+            interfaces: vec!["eth1".into()],
+            http_ports: vec![80],
+            ftp_ports: vec![21],
+            bypass: Vec::new(),
+            block: Vec::new(),
+            xdp_mode: XdpMode::Skb,
+            fwmark: gateway_common::DEFAULT_FWMARK,
+            route_table: 4757,
+            rule_priority: 1000,
+        }
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Generic (SKB) mode: works everywhere and keeps TSO on veth peers.
+    Skb,
+    /// Driver (native) mode.
+    Native,
+    /// No XDP program: no early drops, no XDP counters.
+    Off,
+}
+
+/// `[proxy]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy {
+    /// Loopback port of the HTTP listener (steered flows arrive here).
+    pub http_listener_port: u16,
+    /// Loopback port of the FTP control listener.
+    pub ftp_listener_port: u16,
+    /// Loopback port of the FTP data listener.
+    pub ftp_data_listener_port: u16,
+    /// Also listen on IPv6 (`[::1]`) and steer IPv6 flows.
+    pub ipv6: bool,
+    /// How long to wait for the original destination to accept.
+    pub connect_timeout: Span,
+    /// Size of each direction's kernel pipe when relaying (splice).
+    pub relay_pipe_size: u32,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            http_listener_port: 15080,
+            ftp_listener_port: 15021,
+            ftp_data_listener_port: 15020,
+            ipv6: true,
+            connect_timeout: Span(std::time::Duration::from_secs(10)),
+            relay_pipe_size: 1 << 20,
+        }
+    }
+}
+
+/// `[control]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// Unix socket for `gateway stats` and `gateway expect`; empty = none.
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control { socket: PathBuf::from("/run/gateway/control.sock") }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(text, &e),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ports, overlaps, interfaces present.
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.steering;
+        if s.interfaces.is_empty() {
+            return Err("steering.interfaces is empty: name at least one client-facing interface".into());
+        }
+        for name in &s.interfaces {
+            if crate::steering::if_index(name).is_none() {
+                return Err(format!("steering.interfaces names {name:?}, which is not an interface on this host"));
+            }
+        }
+        for &p in s.http_ports.iter().chain(&s.ftp_ports) {
+            if p == 0 {
+                return Err("port 0 cannot be steered".into());
+            }
+        }
+        if let Some(p) = s.http_ports.iter().find(|p| s.ftp_ports.contains(p)) {
+            return Err(format!("port {p} is both in steering.http_ports and steering.ftp_ports"));
+        }
+        if s.fwmark == 0 {
+            return Err("steering.fwmark must not be 0".into());
+        }
+        if matches!(s.route_table, 0 | 253..=255) {
+            return Err(format!("steering.route_table {} is reserved by the kernel", s.route_table));
+        }
+        let p = &self.proxy;
+        let ports = [p.http_listener_port, p.ftp_listener_port, p.ftp_data_listener_port];
+        if ports.contains(&0) || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
+            return Err("proxy listener ports must be distinct and non-zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// toml's own message names line and column; keep it to one sentence.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().trim_end_matches('.');
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg.to_string(),
+    }
+}
+
+/// The 16-byte form used by the eBPF maps and the prefix length in it.
+pub fn lpm_key(net: &IpNet) -> ([u8; 16], u32) {
+    match net {
+        IpNet::V4(n) => (gateway_common::v4_mapped(n.network().octets()), 96 + u32::from(n.prefix_len())),
+        IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
+    }
+}
+
+/// The 16-byte form of an address.
+pub fn addr16(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => gateway_common::v4_mapped(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_position() {
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nhttp_portz = [80]\n").unwrap_err().to_string();
+        assert!(e.contains("line 3, column 1"), "{e}");
+        assert!(e.contains("http_portz"), "{e}");
+    }
+
+    #[test]
+    fn bad_cidr_is_rejected() {
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_interface_is_rejected() {
+        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n").unwrap_err().to_string();
+        assert!(e.contains("\"nosuch0\""), "{e}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse("[steering]\ninterfaces = [\"lo\"]\n").unwrap();
+        assert_eq!(c.steering.http_ports, vec![80]);
+        assert_eq!(c.steering.xdp_mode, XdpMode::Skb);
+    }
+
+    #[test]
+    fn lpm_keys() {
+        let (k, l) = lpm_key(&"198.18.0.0/24".parse().unwrap());
+        assert_eq!(l, 120);
+        assert_eq!(&k[10..], &[0xff, 0xff, 198, 18, 0, 0]);
+    }
+}

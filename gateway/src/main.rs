@@ -1,0 +1,118 @@
+//! The `gateway` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use gateway::{
+    config::Config,
+    control,
+    steering::{guard, routing::PolicyRouting},
+};
+
+/// Transparent virus-scanning gateway for Linux firewall hosts.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (needs root: loads eBPF programs, changes routing).
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit: 0 if usable, 2 if not.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Print the running gateway's counters as JSON.
+    Stats {
+        /// Control socket of the running gateway.
+        #[arg(long, default_value = "/run/gateway/control.sock")]
+        socket: PathBuf,
+    },
+    /// Add or remove an expected connection (steered to the FTP data listener).
+    Expect {
+        /// `add` or `del`.
+        #[arg(value_parser = ["add", "del"])]
+        op: String,
+        /// Client address.
+        client: std::net::IpAddr,
+        /// Server address.
+        server: std::net::IpAddr,
+        /// Server port.
+        port: u16,
+        /// Control socket of the running gateway.
+        #[arg(long, default_value = "/run/gateway/control.sock")]
+        socket: PathBuf,
+    },
+    /// Internal: removes the policy routing once the gateway exits.
+    #[command(hide = true)]
+    RoutingGuard { fwmark: u32, table: u32, priority: u32 },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(2, &e),
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return fail(2, &e),
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, &e),
+            };
+            match rt.block_on(gateway::app::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is::<gateway::steering::preflight::PreflightError>() => fail(2, &e),
+                Err(e) => fail(1, &format!("{e:#}")),
+            }
+        }
+        Command::Stats { socket } => ask(&socket, "stats"),
+        Command::Expect { op, client, server, port, socket } => {
+            ask(&socket, &format!("expect {op} {client} {server} {port}"))
+        }
+        Command::RoutingGuard { fwmark, table, priority } => {
+            match guard::run(PolicyRouting { fwmark, table, priority }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, &format!("routing guard: {e:#}")),
+            }
+        }
+    }
+}
+
+fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    match rt.block_on(control::request(socket, command)) {
+        Ok(reply) if reply.starts_with("error") => fail(1, &reply),
+        Ok(reply) => {
+            println!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &format!("cannot reach the gateway at {}: {e}", socket.display())),
+    }
+}
+
+fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("gateway: {e}");
+    ExitCode::from(code)
+}
