@@ -207,7 +207,9 @@ impl Config {
 
 /// toml's own message names line and column; keep it to one sentence.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().trim_end_matches('.');
+    let msg: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let msg = msg.join("; ");
+    let msg = msg.trim_end_matches('.');
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];

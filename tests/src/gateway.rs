@@ -1,0 +1,136 @@
+//! The real `gateway` binary, run in the rig's gateway namespace.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    rig::{CLIENT_IFACE, Ns, Rig},
+    util::{wait_for, workspace_root},
+};
+
+/// Path of the gateway binary: `$GATEWAY_BIN`, else the newest of
+/// `target/{release,debug}/gateway` (`cargo xtask test` builds it first).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("GATEWAY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = workspace_root();
+    let newest = ["release", "debug"]
+        .iter()
+        .map(|p| root.join("target").join(p).join("gateway"))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max();
+    match newest {
+        Some((_, p)) => Ok(p),
+        None => bail!("no gateway binary: run `cargo build --release -p gateway` or set GATEWAY_BIN"),
+    }
+}
+
+/// A configuration for the rig: the client-facing interface, a control
+/// socket in the rig's directory, plus `extra` TOML appended per section.
+pub fn config(rig: &Rig, steering_extra: &str, rest: &str) -> String {
+    format!(
+        "[steering]\ninterfaces = [\"{CLIENT_IFACE}\"]\n{steering_extra}\n\n[control]\nsocket = \"{}\"\n\n{rest}\n",
+        rig.dir().join("control.sock").display()
+    )
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Process id (of the gateway itself: `ip netns exec` execs it).
+    pub pid: u32,
+    /// Its stderr/stdout log.
+    pub log: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    bin: PathBuf,
+    netns: String,
+}
+
+impl Gateway {
+    /// Starts the gateway with [`config`]`(rig, steering_extra, rest)`.
+    pub fn start(rig: &mut Rig, steering_extra: &str, rest: &str) -> anyhow::Result<Gateway> {
+        let text = config(rig, steering_extra, rest);
+        Gateway::start_with(rig, &text)
+    }
+
+    /// Writes `config_text` and starts the gateway; returns once it answers
+    /// on its control socket.
+    pub fn start_with(rig: &mut Rig, config_text: &str) -> anyhow::Result<Gateway> {
+        let bin = binary()?;
+        let conf = rig.dir().join("gateway.toml");
+        std::fs::write(&conf, config_text)?;
+        let log = rig.dir().join("gateway.log");
+        let mut cmd = rig.cmd(Ns::Gateway, &bin);
+        cmd.arg("run").arg("--config").arg(&conf);
+        let pid = rig.spawn(cmd, &log)?;
+        let gw = Gateway {
+            pid,
+            log,
+            socket: rig.dir().join("control.sock"),
+            bin,
+            netns: rig.name(Ns::Gateway).to_string(),
+        };
+        wait_for("the gateway to answer on its control socket", Duration::from_secs(20), || {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Some(Err(()));
+            }
+            gw.stats().ok().map(|_| Ok(()))
+        })?
+        .map_err(|()| anyhow::anyhow!("the gateway exited at start: {}", gw.log_text()))?;
+        Ok(gw)
+    }
+
+    fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(&self.bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()?;
+        if !out.status.success() {
+            bail!("gateway {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(out)
+    }
+
+    /// The counters as JSON.
+    pub fn stats(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.ctl(&["stats"])?;
+        serde_json::from_slice(&out.stdout).context("parsing gateway stats")
+    }
+
+    /// A counter by JSON pointer, e.g. `/kernel/xdp/blocked/packets`.
+    pub fn counter(&self, pointer: &str) -> anyhow::Result<u64> {
+        let stats = self.stats()?;
+        stats.pointer(pointer).and_then(serde_json::Value::as_u64).with_context(|| format!("no counter {pointer} in {stats}"))
+    }
+
+    /// `gateway expect add|del CLIENT SERVER PORT`.
+    pub fn expect(&self, op: &str, client: &str, server: &str, port: u16) -> anyhow::Result<()> {
+        self.ctl(&["expect", op, client, server, &port.to_string()]).map(|_| ())
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Flow log lines (`kind=… client=… dst=…`).
+    pub fn flow_lines(&self) -> Vec<String> {
+        self.log_text().lines().filter(|l| l.contains(" flow] ")).map(str::to_owned).collect()
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop(self, rig: &mut Rig, signal: i32) -> anyhow::Result<std::process::ExitStatus> {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.pid as i32, signal) };
+        rig.wait(self.pid).context("the gateway was not a child of this rig")
+    }
+}
