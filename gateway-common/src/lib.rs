@@ -49,6 +49,22 @@ pub struct ExpectKey {
     pub _pad: [u8; 2],
 }
 
+/// A TCP connection's 4-tuple as seen from the client, key of the
+/// `TW_SYN` map: SYNs that met a gateway socket in TIME_WAIT and are to be
+/// handed to a listener by the `sk_lookup` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address (IPv4-mapped for IPv4).
+    pub client: [u8; 16],
+    /// Server address (IPv4-mapped for IPv4).
+    pub server: [u8; 16],
+    /// Client port, host byte order.
+    pub client_port: u16,
+    /// Server port, host byte order.
+    pub server_port: u16,
+}
+
 /// Value of the `EXPECTATIONS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,11 +107,22 @@ pub mod steer_stat {
     pub const BYPASSED: u32 = 3;
     /// `bpf_sk_assign` failures.
     pub const ASSIGN_FAILED: u32 = 4;
+    /// SYNs that met a gateway socket in TIME_WAIT (port reuse by a client).
+    pub const TIME_WAIT_SYN: u32 = 5;
+    /// TIME_WAIT SYNs that `sk_lookup` handed to a listener.
+    pub const TIME_WAIT_REUSED: u32 = 6;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
     /// Names, in index order, for logs and the CLI.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["established", "listener", "no_listener", "bypassed", "assign_failed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "established",
+        "listener",
+        "no_listener",
+        "bypassed",
+        "assign_failed",
+        "time_wait_syn",
+        "time_wait_reused",
+    ];
 }
 
 /// A packet and byte count.
@@ -117,6 +144,7 @@ pub const fn v4_mapped(o: [u8; 4]) -> [u8; 16] {
 mod pod {
     // SAFETY: all are repr(C) plain data without padding holes.
     unsafe impl aya::Pod for super::ExpectKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ExpectValue {}
     unsafe impl aya::Pod for super::Counter {}
 }

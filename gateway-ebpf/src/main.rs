@@ -7,6 +7,10 @@
 //! * `filter` (XDP on the same interfaces): drops blocked prefixes early and
 //!   keeps per-CPU counters by protocol.
 //!
+//! * `reuse` (sk_lookup in the gateway's network namespace): completes the
+//!   one case TC cannot, a client SYN that reuses a port whose gateway-side
+//!   socket is still in TIME_WAIT (see `try_steer`).
+//!
 //! Anything that does not match is left to the kernel's forwarding path.
 #![no_std]
 #![no_main]
@@ -19,12 +23,12 @@ use aya_ebpf::{
         bpf_sock_tuple, xdp_action,
     },
     helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
-    macros::{classifier, map, xdp},
-    maps::{HashMap, LpmTrie, PerCpuArray, SockMap, lpm_trie::Key},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, map, sk_lookup, xdp},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key},
+    programs::{SkLookupContext, TcContext, XdpContext},
 };
 use gateway_common::{
-    Counter, ExpectKey, ExpectValue, LpmAddr, counter, listener, steer_stat,
+    Counter, ExpectKey, ExpectValue, FlowKey, LpmAddr, counter, listener, steer_stat, v4_mapped,
 };
 
 use packet::{Flow, Proto};
@@ -48,6 +52,10 @@ static BLOCK: LpmTrie<LpmAddr, u8> = LpmTrie::with_max_entries(16384, 0);
 /// The gateway's listeners, at `listener::slot(kind, family)`.
 #[map]
 static LISTENERS: SockMap = SockMap::with_max_entries(listener::SLOTS, 0);
+
+/// SYNs handed to a TIME_WAIT socket, waiting for `reuse` → listener kind.
+#[map]
+static TW_SYN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
 /// XDP counters, see `gateway_common::counter`.
 #[map]
@@ -136,8 +144,8 @@ fn try_steer(ctx: &TcContext, flow: &Flow) {
         )
     };
 
-    // An established (or SYN-received) gateway socket for this 4-tuple wins;
-    // a listener or a TIME_WAIT entry must not capture a new connection.
+    // A gateway socket for this 4-tuple (established, SYN-received, closing
+    // or TIME_WAIT) gets the packet, as the kernel's own lookup would give it.
     let sk = unsafe {
         bpf_skc_lookup_tcp(
             ctx.skb.skb.cast(),
@@ -149,8 +157,25 @@ fn try_steer(ctx: &TcContext, flow: &Flow) {
     };
     if !sk.is_null() {
         let state = unsafe { (*sk).state };
-        if state != BPF_TCP_LISTEN && state != BPF_TCP_TIME_WAIT {
-            assign(ctx, sk, steer_stat::ESTABLISHED);
+        if state != BPF_TCP_LISTEN {
+            if state == BPF_TCP_TIME_WAIT && flow.syn {
+                // A client reused a port whose gateway-side socket is still
+                // in TIME_WAIT. Assigning the SYN to the listener would fail
+                // (the request clashes with the TIME_WAIT entry and is
+                // dropped until it expires). The TIME_WAIT socket's own
+                // logic accepts such a SYN and asks the listener lookup for
+                // a socket: `reuse` answers that lookup with our listener.
+                let key = FlowKey {
+                    client: flow.saddr,
+                    server: flow.daddr,
+                    client_port: flow.sport,
+                    server_port: flow.dport,
+                };
+                let _ = TW_SYN.insert(&key, &kind, 0);
+                assign(ctx, sk, steer_stat::TIME_WAIT_SYN);
+            } else {
+                assign(ctx, sk, steer_stat::ESTABLISHED);
+            }
             return;
         }
         unsafe { bpf_sk_release(sk.cast()) };
@@ -189,6 +214,43 @@ fn assign(ctx: &TcContext, sk: *mut bpf_sock, stat: u32) {
     } else {
         count(&STEER_STATS, steer_stat::ASSIGN_FAILED, ctx.len());
     }
+}
+
+/// Runs on every listener lookup in the gateway's namespace; acts only on
+/// SYNs that `steer` recorded in `TW_SYN`, so the host's own services are
+/// never affected.
+#[sk_lookup]
+pub fn reuse(ctx: SkLookupContext) -> u32 {
+    const SK_PASS: u32 = 1;
+    const AF_INET: u32 = 2;
+    // SAFETY: the kernel hands a valid context.
+    let lk = unsafe { &*ctx.lookup };
+    let v6 = lk.family != AF_INET;
+    let (client, server) = if v6 {
+        unsafe {
+            (
+                core::mem::transmute::<[u32; 4], [u8; 16]>(lk.remote_ip6),
+                core::mem::transmute::<[u32; 4], [u8; 16]>(lk.local_ip6),
+            )
+        }
+    } else {
+        (v4_mapped(lk.remote_ip4.to_ne_bytes()), v4_mapped(lk.local_ip4.to_ne_bytes()))
+    };
+    let key = FlowKey {
+        client,
+        server,
+        client_port: u16::from_be(lk.remote_port),
+        server_port: lk.local_port as u16,
+    };
+    let Some(kind) = (unsafe { TW_SYN.get(&key) }).copied() else {
+        return SK_PASS;
+    };
+    let _ = TW_SYN.remove(&key);
+    let family = if v6 { listener::V6 } else { listener::V4 };
+    if LISTENERS.redirect_sk_lookup(&ctx, listener::slot(kind, family), 0).is_ok() {
+        count(&STEER_STATS, steer_stat::TIME_WAIT_REUSED, 0);
+    }
+    SK_PASS
 }
 
 #[xdp]

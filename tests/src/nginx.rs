@@ -9,7 +9,8 @@ use crate::{
     util::wait_for,
 };
 
-/// A running nginx serving `www` and accepting PUT uploads under `/upload/`.
+/// A running nginx serving `www`, storing PUT uploads under `/upload/` and
+/// discarding request bodies sent to `/sink` (for upload benchmarks).
 pub struct Nginx {
     /// Files served at `/`.
     pub www: PathBuf,
@@ -63,6 +64,7 @@ http {{
   server {{
 {listen}    root {www};
     location /upload/ {{ dav_methods PUT; create_full_put_path on; }}
+    location = /sink {{ return 204; }}
   }}
 }}
 "#,

@@ -1,1 +1,79 @@
-fn main(){}
+//! `cargo xtask`: the project's own commands.
+//!
+//! * `setup` installs what a fresh machine lacks (idempotent).
+//! * `test` = setup, build, every test.
+//! * `demo` = setup, build, a rig with the gateway and traffic through it.
+//! * `bench relay` measures the steered relay against direct forwarding.
+//! * `rig` builds a rig and waits, for poking at by hand.
+
+mod bench;
+mod build;
+mod demo;
+mod setup;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "gateway's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install apt packages, nightly rust-src and bpf-linker (idempotent).
+    Setup,
+    /// Setup, build, then run every test.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then show the gateway at work on the namespace rig.
+    Demo,
+    /// Benchmarks on the rig.
+    Bench {
+        /// What to measure.
+        #[arg(value_parser = ["relay"])]
+        what: String,
+        /// Transfer size in MiB for the bulk figures.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Seconds per request-rate run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+    /// Build a rig, start nginx and the gateway, print how to reach them and
+    /// wait for Enter.
+    Rig,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => {
+            setup::run()?;
+            build::gateway()?;
+            build::test(&args)
+        }
+        Command::Demo => {
+            setup::run()?;
+            build::gateway()?;
+            demo::run()
+        }
+        Command::Bench { what, mib, seconds } => {
+            setup::run()?;
+            build::gateway()?;
+            match what.as_str() {
+                "relay" => bench::relay(mib, seconds),
+                _ => unreachable!("clap restricts the value"),
+            }
+        }
+        Command::Rig => {
+            setup::run()?;
+            build::gateway()?;
+            demo::interactive()
+        }
+    }
+}

@@ -21,7 +21,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, LpmTrie, MapData, PerCpuArray, SockMap, lpm_trie::Key},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode},
+    programs::{SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode as AyaXdpMode},
 };
 use gateway_common::{Counter, ExpectKey, ExpectValue, LpmAddr, counter, listener, steer_stat};
 use serde::Serialize;
@@ -50,6 +50,9 @@ pub enum SteeringError {
         /// aya's error.
         source: aya::maps::MapError,
     },
+    /// The own network namespace could not be opened.
+    #[error("opening /proc/self/ns/net failed: {0}")]
+    Netns(#[source] std::io::Error),
     /// The object lacks a map or program this code expects.
     #[error("the eBPF object has no {0}; it was built from another version of gateway-ebpf")]
     Missing(&'static str),
@@ -168,6 +171,19 @@ impl Steering {
                 source,
             })?;
         }
+
+        // sk_lookup belongs to the network namespace the gateway runs in.
+        let netns = std::fs::File::open("/proc/self/ns/net")
+            .map_err(SteeringError::Netns)?;
+        let lookup: &mut SkLookup = ebpf
+            .program_mut("reuse")
+            .ok_or(SteeringError::Missing("reuse program"))?
+            .try_into()
+            .map_err(|source| SteeringError::Program { what: "finding the sk_lookup program".into(), source })?;
+        lookup.load().map_err(|source| SteeringError::Program { what: "loading the sk_lookup program".into(), source })?;
+        lookup
+            .attach(netns)
+            .map_err(|source| SteeringError::Program { what: "attaching the sk_lookup program".into(), source })?;
 
         let xdp_on = cfg.xdp_mode != XdpMode::Off;
         if xdp_on {

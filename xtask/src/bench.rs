@@ -1,0 +1,126 @@
+//! `cargo xtask bench`: measurements on the rig, printed as tables with
+//! ratios. Nothing here asserts a speed; numbers are for people.
+
+use std::process::Output;
+
+use anyhow::{Context as _, ensure};
+use tests::{
+    Gateway, Ns, Rig,
+    nginx::Nginx,
+    rig::SERVER_V4,
+    util::random_file,
+};
+
+const RUNS: usize = 3;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn out_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Median MiB/s of `RUNS` curl transfers; `upload` is a file to PUT.
+fn transfer(rig: &Rig, url: &str, upload: Option<&str>) -> anyhow::Result<f64> {
+    let mut speeds = Vec::new();
+    for _ in 0..RUNS {
+        let mut args = vec!["-sS", "--fail", "-o", "/dev/null"];
+        let field = if let Some(f) = upload {
+            args.extend_from_slice(&["-T", f]);
+            "%{speed_upload}"
+        } else {
+            "%{speed_download}"
+        };
+        args.extend_from_slice(&["-w", field, url]);
+        let out = rig.curl(&args)?;
+        ensure!(out.status.success(), "curl {url}: {}", out_text(&out));
+        speeds.push(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>()? / 1048576.0);
+    }
+    Ok(median(speeds))
+}
+
+/// wrk: requests/s, p50 ms, p99 ms.
+fn rate(rig: &Rig, url: &str, seconds: u32, keepalive: bool) -> anyhow::Result<(f64, f64, f64)> {
+    let d = format!("{seconds}s");
+    let mut args = vec!["-t2", "-c16", "-d", &d, "--latency"];
+    if !keepalive {
+        args.extend_from_slice(&["-H", "Connection: close"]);
+    }
+    args.push(url);
+    let out = rig.run(Ns::Client, "wrk", &args)?;
+    let text = out_text(&out);
+    ensure!(out.status.success(), "wrk: {text}");
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
+    let pct = |p: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(|v| wrk_ms(v.trim())))
+            .unwrap_or(f64::NAN)
+    };
+    Ok((rps, pct("50%"), pct("99%")))
+}
+
+fn wrk_ms(v: &str) -> f64 {
+    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().map(|n| n * mult).unwrap_or(f64::NAN)
+}
+
+struct Figures {
+    down: f64,
+    up: f64,
+    ka: (f64, f64, f64),
+    close: (f64, f64, f64),
+}
+
+fn measure(rig: &Rig, big: &str, upload: &str, seconds: u32) -> anyhow::Result<Figures> {
+    Ok(Figures {
+        down: transfer(rig, &format!("http://{SERVER_V4}/{big}"), None)?,
+        up: transfer(rig, &format!("http://{SERVER_V4}/sink"), Some(upload))?,
+        ka: rate(rig, &format!("http://{SERVER_V4}/1k.bin"), seconds, true)?,
+        close: rate(rig, &format!("http://{SERVER_V4}/1k.bin"), seconds, false)?,
+    })
+}
+
+/// Steered relay vs direct forwarding.
+pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
+    let mut rig = Rig::new("bench")?;
+    let nginx = Nginx::start(&mut rig, &[80], 1)?;
+    let big = format!("{mib}m.bin");
+    random_file(&nginx.www.join(&big), mib << 20, 1)?;
+    random_file(&nginx.www.join("1k.bin"), 1024, 2)?;
+    let upload = random_file(&rig.dir().join("upload.bin"), mib << 20, 3)?;
+    let upload = upload.to_string_lossy().to_string();
+
+    eprintln!("bench relay: direct forwarding ({RUNS} runs per bulk figure, {seconds}s per rate)");
+    let direct = measure(&rig, &big, &upload, seconds)?;
+    eprintln!("bench relay: through the gateway");
+    let gw = Gateway::start(&mut rig, "", "")?;
+    let steered = measure(&rig, &big, &upload, seconds)?;
+    let flows = gw.counter("/proxy/flows_total")?;
+    gw.stop(&mut rig, libc::SIGTERM)?;
+    ensure!(flows > 0, "the gateway relayed no flow: the steered figures would be direct ones");
+
+    println!("\n| figure | direct forwarding | steered relay | ratio |");
+    println!("|---|---|---|---|");
+    println!("| {mib} MiB download, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |", direct.down, steered.down, steered.down / direct.down);
+    println!("| {mib} MiB upload, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |", direct.up, steered.up, steered.up / direct.up);
+    for (name, d, s) in [("keep-alive", direct.ka, steered.ka), ("new connection each", direct.close, steered.close)] {
+        println!("| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× |", d.0, s.0, s.0 / d.0);
+        println!("| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | |", d.1, d.2, s.1, s.2);
+    }
+    println!("\n(flows relayed by the gateway during the steered run: {flows})");
+    Ok(())
+}
