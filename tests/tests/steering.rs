@@ -243,3 +243,42 @@ fn ipv6_client_address_is_seen_when_not_steered() -> anyhow::Result<()> {
     assert_eq!(nginx.last_peer("/f")?, CLIENT_V6);
     Ok(())
 }
+
+#[test]
+fn client_reusing_a_port_in_gateway_time_wait_connects_at_once() -> anyhow::Result<()> {
+    let mut rig = Rig::new("twre")?;
+    let nginx = Nginx::start(&mut rig, &[80], 0)?;
+    random_file(&nginx.www.join("f"), 100, 1)?;
+    let gw = Gateway::start(&mut rig, "", "")?;
+    // The client reads to EOF before closing, so the gateway's client-side
+    // socket is the one that ends in TIME_WAIT; the same client port again
+    // must not wait for it to expire (connect times out after 5 s).
+    let port = 40000 + std::process::id() % 10000;
+    let script = r"
+import socket, time
+for r in range(3):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.settimeout(5)
+    s.bind(('CLIENT', PORT))
+    s.connect(('SERVER', 80))
+    s.sendall(b'GET /f HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n')
+    d = b''
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        d += c
+    s.close()
+    print(d.split(b' ')[1].decode())
+    time.sleep(0.2)
+"
+    .replace("CLIENT", CLIENT_V4)
+    .replace("SERVER", SERVER_V4)
+    .replace("PORT", &port.to_string());
+    let out = rig.run(Ns::Client, "python3", &["-c", &script])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["200", "200", "200"], "{}", text(&out));
+    assert_eq!(nginx.last_peer("/f")?, GW_SERVER_V4);
+    assert!(gw.counter("/kernel/steer/time_wait_reused/packets")? >= 2);
+    Ok(())
+}
