@@ -271,6 +271,18 @@ mod tests {
         assert_eq!(c.steering.xdp_mode, XdpMode::Skb);
     }
 
+    /// The documented example must parse and match the built-in defaults,
+    /// so the file and the code cannot drift apart.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"eth1\"", "\"lo\"");
+        let file: Config = Config::parse(&text, &path).unwrap();
+        let mut defaults = Config::default();
+        defaults.steering.interfaces = vec!["lo".into()];
+        assert_eq!(format!("{file:?}"), format!("{defaults:?}"));
+    }
+
     #[test]
     fn lpm_keys() {
         let (k, l) = lpm_key(&"198.18.0.0/24".parse().unwrap());
