@@ -25,5 +25,7 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
-    .context("building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src, bpf-linker)")
+    .context(
+        "building the eBPF programs failed; run `cargo xtask setup` (nightly rust-src, bpf-linker)",
+    )
 }

@@ -137,7 +137,9 @@ pub struct Counter {
 
 /// Map an IPv4 address (network-order octets) to the 16-byte form.
 pub const fn v4_mapped(o: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
+    ]
 }
 
 #[cfg(feature = "user")]

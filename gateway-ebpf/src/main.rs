@@ -133,8 +133,18 @@ fn try_steer(ctx: &TcContext, flow: &Flow) {
     } else {
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv4;
-            t.saddr = u32::from_ne_bytes([flow.saddr[12], flow.saddr[13], flow.saddr[14], flow.saddr[15]]);
-            t.daddr = u32::from_ne_bytes([flow.daddr[12], flow.daddr[13], flow.daddr[14], flow.daddr[15]]);
+            t.saddr = u32::from_ne_bytes([
+                flow.saddr[12],
+                flow.saddr[13],
+                flow.saddr[14],
+                flow.saddr[15],
+            ]);
+            t.daddr = u32::from_ne_bytes([
+                flow.daddr[12],
+                flow.daddr[13],
+                flow.daddr[14],
+                flow.daddr[15],
+            ]);
             t.sport = flow.sport.to_be();
             t.dport = flow.dport.to_be();
         }
@@ -234,7 +244,10 @@ pub fn reuse(ctx: SkLookupContext) -> u32 {
             )
         }
     } else {
-        (v4_mapped(lk.remote_ip4.to_ne_bytes()), v4_mapped(lk.local_ip4.to_ne_bytes()))
+        (
+            v4_mapped(lk.remote_ip4.to_ne_bytes()),
+            v4_mapped(lk.local_ip4.to_ne_bytes()),
+        )
     };
     let key = FlowKey {
         client,
@@ -247,7 +260,10 @@ pub fn reuse(ctx: SkLookupContext) -> u32 {
     };
     let _ = TW_SYN.remove(&key);
     let family = if v6 { listener::V6 } else { listener::V4 };
-    if LISTENERS.redirect_sk_lookup(&ctx, listener::slot(kind, family), 0).is_ok() {
+    if LISTENERS
+        .redirect_sk_lookup(&ctx, listener::slot(kind, family), 0)
+        .is_ok()
+    {
         count(&STEER_STATS, steer_stat::TIME_WAIT_REUSED, 0);
     }
     SK_PASS

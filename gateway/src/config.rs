@@ -12,7 +12,10 @@ use std::{
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::units::Span;
+use crate::{
+    policy::Action,
+    units::{Size, Span},
+};
 
 /// Why a configuration could not be used. Each message is one sentence
 /// meant for the admin.
@@ -54,6 +57,8 @@ pub struct Config {
     pub proxy: Proxy,
     /// The control socket (`gateway stats`, `gateway expect`).
     pub control: Control,
+    /// The scanning core: backend, policy, spooling.
+    pub scan: Scan,
 }
 
 /// `[steering]`
@@ -149,16 +154,119 @@ pub struct Control {
 
 impl Default for Control {
     fn default() -> Self {
-        Control { socket: PathBuf::from("/run/gateway/control.sock") }
+        Control {
+            socket: PathBuf::from("/run/gateway/control.sock"),
+        }
+    }
+}
+
+/// Which scanner bodies go to.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ScanBackend {
+    /// ClamAV's clamd (INSTREAM).
+    Clamd,
+    /// ICAP services (RESPMOD/REQMOD).
+    Icap,
+}
+
+/// `[scan]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scan {
+    /// `clamd` or `icap`.
+    pub backend: ScanBackend,
+    /// clamd's address: `unix:PATH` or `tcp:HOST:PORT`.
+    pub clamd: String,
+    /// ICAP services in order of preference.
+    pub icap: Vec<String>,
+    /// Scanner errors: `block` (fail closed) or `allow` (fail open).
+    pub on_error: Action,
+    /// Bodies larger than this are not scanned …
+    pub max_scan_size: Size,
+    /// … and are then blocked or allowed.
+    pub on_oversize: Action,
+    /// Directory for bodies held on disk.
+    pub spool_dir: PathBuf,
+    /// Memory one body may use before it goes to disk.
+    pub spool_memory: Size,
+    /// Memory all held bodies may use together.
+    pub spool_memory_total: Size,
+    /// Bound on each connect, read and write to the scanner.
+    pub io_timeout: Span,
+    /// ICAP: whole-scan deadline …
+    pub icap_deadline: Span,
+    /// … plus this much per MiB of body.
+    pub icap_deadline_per_mib: Span,
+    /// ICAP: consecutive failures that suspend a service …
+    pub icap_failures_before_suspend: u32,
+    /// … for this long.
+    pub icap_suspend: Span,
+    /// ICAP: connections per service at most (lowered by Max-Connections).
+    pub icap_max_connections: usize,
+    /// ICAP: how long OPTIONS hold when the service sends no Options-TTL.
+    pub icap_options_ttl: Span,
+    /// How long an infected body is remembered (by sha256, URL + validators).
+    pub cache_ttl: Span,
+    /// How many infected bodies are remembered.
+    pub cache_entries: usize,
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        use std::time::Duration;
+        Scan {
+            backend: ScanBackend::Clamd,
+            clamd: "unix:/run/clamav/clamd.ctl".into(),
+            icap: vec!["icap://127.0.0.1:1344/avscan".into()],
+            on_error: Action::Block,
+            max_scan_size: Size(512 << 20),
+            on_oversize: Action::Block,
+            spool_dir: PathBuf::from("/var/spool/gateway"),
+            spool_memory: Size(1 << 20),
+            spool_memory_total: Size(64 << 20),
+            io_timeout: Span(Duration::from_secs(30)),
+            icap_deadline: Span(Duration::from_secs(60)),
+            icap_deadline_per_mib: Span(Duration::from_secs(1)),
+            icap_failures_before_suspend: 3,
+            icap_suspend: Span(Duration::from_secs(30)),
+            icap_max_connections: 32,
+            icap_options_ttl: Span(Duration::from_secs(3600)),
+            cache_ttl: Span(Duration::from_secs(3600)),
+            cache_entries: 10000,
+        }
     }
 }
 
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text, path)
+    }
+
+    /// Reads a file for `gateway scan`: only `[scan]` is validated, so a
+    /// firewall's config can be used on a host without its interfaces.
+    pub fn load_scan_only(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(&text, &e),
+        })?;
+        config
+            .scan
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_owned(),
+                message,
+            })?;
+        Ok(config)
     }
 
     /// Parses and validates configuration text; `path` is for messages.
@@ -167,7 +275,10 @@ impl Config {
             path: path.to_owned(),
             message: describe_toml_error(text, &e),
         })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -175,11 +286,15 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let s = &self.steering;
         if s.interfaces.is_empty() {
-            return Err("steering.interfaces is empty: name at least one client-facing interface".into());
+            return Err(
+                "steering.interfaces is empty: name at least one client-facing interface".into(),
+            );
         }
         for name in &s.interfaces {
             if crate::steering::if_index(name).is_none() {
-                return Err(format!("steering.interfaces names {name:?}, which is not an interface on this host"));
+                return Err(format!(
+                    "steering.interfaces names {name:?}, which is not an interface on this host"
+                ));
             }
         }
         for &p in s.http_ports.iter().chain(&s.ftp_ports) {
@@ -188,18 +303,49 @@ impl Config {
             }
         }
         if let Some(p) = s.http_ports.iter().find(|p| s.ftp_ports.contains(p)) {
-            return Err(format!("port {p} is both in steering.http_ports and steering.ftp_ports"));
+            return Err(format!(
+                "port {p} is both in steering.http_ports and steering.ftp_ports"
+            ));
         }
         if s.fwmark == 0 {
             return Err("steering.fwmark must not be 0".into());
         }
         if matches!(s.route_table, 0 | 253..=255) {
-            return Err(format!("steering.route_table {} is reserved by the kernel", s.route_table));
+            return Err(format!(
+                "steering.route_table {} is reserved by the kernel",
+                s.route_table
+            ));
         }
         let p = &self.proxy;
-        let ports = [p.http_listener_port, p.ftp_listener_port, p.ftp_data_listener_port];
-        if ports.contains(&0) || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
+        let ports = [
+            p.http_listener_port,
+            p.ftp_listener_port,
+            p.ftp_data_listener_port,
+        ];
+        if ports.contains(&0)
+            || ports[0] == ports[1]
+            || ports[1] == ports[2]
+            || ports[0] == ports[2]
+        {
             return Err("proxy listener ports must be distinct and non-zero".into());
+        }
+        self.scan.validate()
+    }
+}
+
+impl Scan {
+    /// Checks addresses and URLs; shared by the config file and `gateway scan`.
+    pub fn validate(&self) -> Result<(), String> {
+        crate::scan::clamd::ClamdAddr::parse(&self.clamd)
+            .map_err(|e| format!("scan.clamd: {e}"))?;
+        if self.backend == ScanBackend::Icap && self.icap.is_empty() {
+            return Err("scan.backend is \"icap\" but scan.icap lists no service".into());
+        }
+        for u in &self.icap {
+            crate::scan::icap::ServiceUrl::parse(u).map_err(|e| format!("scan.icap: {e}"))?;
+        }
+        if self.spool_memory > self.spool_memory_total {
+            return Err("scan.spool_memory is larger than scan.spool_memory_total".into());
         }
         Ok(())
     }
@@ -207,7 +353,12 @@ impl Config {
 
 /// toml's own message names line and column; keep it to one sentence.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let msg: Vec<&str> = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let msg = msg.join("; ");
     let msg = msg.trim_end_matches('.');
     match e.span() {
@@ -224,7 +375,10 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 /// The 16-byte form used by the eBPF maps and the prefix length in it.
 pub fn lpm_key(net: &IpNet) -> ([u8; 16], u32) {
     match net {
-        IpNet::V4(n) => (gateway_common::v4_mapped(n.network().octets()), 96 + u32::from(n.prefix_len())),
+        IpNet::V4(n) => (
+            gateway_common::v4_mapped(n.network().octets()),
+            96 + u32::from(n.prefix_len()),
+        ),
         IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
     }
 }
@@ -247,20 +401,26 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_position() {
-        let e = parse("[steering]\ninterfaces = [\"lo\"]\nhttp_portz = [80]\n").unwrap_err().to_string();
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nhttp_portz = [80]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3, column 1"), "{e}");
         assert!(e.contains("http_portz"), "{e}");
     }
 
     #[test]
     fn bad_cidr_is_rejected() {
-        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]
     fn unknown_interface_is_rejected() {
-        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n").unwrap_err().to_string();
+        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("\"nosuch0\""), "{e}");
     }
 
@@ -276,7 +436,9 @@ mod tests {
     #[test]
     fn example_file_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
-        let text = std::fs::read_to_string(&path).unwrap().replace("\"eth1\"", "\"lo\"");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"eth1\"", "\"lo\"");
         let file: Config = Config::parse(&text, &path).unwrap();
         let mut defaults = Config::default();
         defaults.steering.interfaces = vec!["lo".into()];

@@ -49,7 +49,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Serves control connections until the task is dropped.
 pub async fn serve(listener: UnixListener, steering: Arc<Steering>, ctx: Arc<Context>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let steering = steering.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -82,7 +84,11 @@ fn execute(line: &str, steering: &Steering, ctx: &Context) -> String {
             serde_json::to_string(&stats).unwrap_or_else(|e| format!("error: {e}"))
         }
         ["expect", op @ ("add" | "del"), client, server, port] => {
-            let parsed = (client.parse::<IpAddr>(), server.parse::<IpAddr>(), port.parse::<u16>());
+            let parsed = (
+                client.parse::<IpAddr>(),
+                server.parse::<IpAddr>(),
+                port.parse::<u16>(),
+            );
             let (Ok(client), Ok(server), Ok(port)) = parsed else {
                 return "error: expect takes CLIENT-IP SERVER-IP PORT".into();
             };

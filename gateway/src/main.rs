@@ -3,9 +3,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use gateway::{
-    config::Config,
+    config::{Config, ScanBackend},
     control,
+    scan::{Scanner, files::scan_file},
     steering::{guard, routing::PolicyRouting},
 };
 
@@ -30,6 +33,22 @@ enum Command {
         /// Configuration file (TOML).
         file: PathBuf,
     },
+    /// Scan files with the configured backend, like clamdscan: exit 0 if all
+    /// are clean, 1 if any is infected, 2 if any could not be scanned.
+    Scan {
+        /// Configuration file whose [scan] section to use.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Use clamd at this address (unix:PATH or tcp:HOST:PORT).
+        #[arg(long, conflicts_with = "icap")]
+        clamd: Option<String>,
+        /// Use this ICAP service (repeat for failover).
+        #[arg(long)]
+        icap: Vec<String>,
+        /// Files to scan.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print the running gateway's counters as JSON.
     Stats {
         /// Control socket of the running gateway.
@@ -53,7 +72,11 @@ enum Command {
     },
     /// Internal: removes the policy routing once the gateway exits.
     #[command(hide = true)]
-    RoutingGuard { fwmark: u32, table: u32, priority: u32 },
+    RoutingGuard {
+        fwmark: u32,
+        table: u32,
+        priority: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -84,12 +107,30 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, &format!("{e:#}")),
             }
         }
+        Command::Scan {
+            config,
+            clamd,
+            icap,
+            paths,
+        } => scan(config, clamd, icap, paths),
         Command::Stats { socket } => ask(&socket, "stats"),
-        Command::Expect { op, client, server, port, socket } => {
-            ask(&socket, &format!("expect {op} {client} {server} {port}"))
-        }
-        Command::RoutingGuard { fwmark, table, priority } => {
-            match guard::run(PolicyRouting { fwmark, table, priority }) {
+        Command::Expect {
+            op,
+            client,
+            server,
+            port,
+            socket,
+        } => ask(&socket, &format!("expect {op} {client} {server} {port}")),
+        Command::RoutingGuard {
+            fwmark,
+            table,
+            priority,
+        } => {
+            match guard::run(PolicyRouting {
+                fwmark,
+                table,
+                priority,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &format!("routing guard: {e:#}")),
             }
@@ -97,8 +138,59 @@ fn main() -> ExitCode {
     }
 }
 
+fn scan(
+    config: Option<PathBuf>,
+    clamd: Option<String>,
+    icap: Vec<String>,
+    paths: Vec<PathBuf>,
+) -> ExitCode {
+    let mut cfg = match config {
+        Some(path) => match Config::load_scan_only(&path) {
+            Ok(c) => c.scan,
+            Err(e) => return fail(2, &e),
+        },
+        None => Default::default(),
+    };
+    if let Some(addr) = clamd {
+        cfg.backend = ScanBackend::Clamd;
+        cfg.clamd = addr;
+    }
+    if !icap.is_empty() {
+        cfg.backend = ScanBackend::Icap;
+        cfg.icap = icap;
+    }
+    if let Err(e) = cfg.validate() {
+        return fail(2, &e);
+    }
+    let scanner = match Scanner::new(&cfg) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return fail(2, &e),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(2, &e),
+    };
+    let worst = rt.block_on(async {
+        let mut worst = 0u8;
+        for p in &paths {
+            let r = scan_file(&scanner, p).await;
+            println!("{}", r.line);
+            // clamdscan: an error outranks an infection in the exit status.
+            worst = match (worst, r.status) {
+                (2, _) | (_, 2) => 2,
+                (a, b) => a.max(b),
+            };
+        }
+        worst
+    });
+    ExitCode::from(worst)
+}
+
 fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(1, &e),
     };
@@ -108,7 +200,10 @@ fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
             println!("{reply}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, &format!("cannot reach the gateway at {}: {e}", socket.display())),
+        Err(e) => fail(
+            1,
+            &format!("cannot reach the gateway at {}: {e}", socket.display()),
+        ),
     }
 }
 

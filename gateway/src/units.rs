@@ -25,7 +25,11 @@ impl Span {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)")),
+            _ => {
+                return Err(format!(
+                    "duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"
+                ));
+            }
         };
         Ok(Span(d))
     }
@@ -64,7 +68,11 @@ impl Size {
             "KiB" | "KB" | "K" => 1 << 10,
             "MiB" | "MB" | "M" => 1 << 20,
             "GiB" | "GB" | "G" => 1 << 30,
-            other => return Err(format!("size {s:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)")),
+            other => {
+                return Err(format!(
+                    "size {s:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)"
+                ));
+            }
         };
         n.checked_mul(mult)
             .map(Size)

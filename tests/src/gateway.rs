@@ -27,7 +27,9 @@ pub fn binary() -> anyhow::Result<PathBuf> {
         .max();
     match newest {
         Some((_, p)) => Ok(p),
-        None => bail!("no gateway binary: run `cargo build --release -p gateway` or set GATEWAY_BIN"),
+        None => {
+            bail!("no gateway binary: run `cargo build --release -p gateway` or set GATEWAY_BIN")
+        }
     }
 }
 
@@ -76,12 +78,16 @@ impl Gateway {
             bin,
             netns: rig.name(Ns::Gateway).to_string(),
         };
-        wait_for("the gateway to answer on its control socket", Duration::from_secs(20), || {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                return Some(Err(()));
-            }
-            gw.stats().ok().map(|_| Ok(()))
-        })?
+        wait_for(
+            "the gateway to answer on its control socket",
+            Duration::from_secs(20),
+            || {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    return Some(Err(()));
+                }
+                gw.stats().ok().map(|_| Ok(()))
+            },
+        )?
         .map_err(|()| anyhow::anyhow!("the gateway exited at start: {}", gw.log_text()))?;
         Ok(gw)
     }
@@ -109,12 +115,16 @@ impl Gateway {
     /// A counter by JSON pointer, e.g. `/kernel/xdp/blocked/packets`.
     pub fn counter(&self, pointer: &str) -> anyhow::Result<u64> {
         let stats = self.stats()?;
-        stats.pointer(pointer).and_then(serde_json::Value::as_u64).with_context(|| format!("no counter {pointer} in {stats}"))
+        stats
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("no counter {pointer} in {stats}"))
     }
 
     /// `gateway expect add|del CLIENT SERVER PORT`.
     pub fn expect(&self, op: &str, client: &str, server: &str, port: u16) -> anyhow::Result<()> {
-        self.ctl(&["expect", op, client, server, &port.to_string()]).map(|_| ())
+        self.ctl(&["expect", op, client, server, &port.to_string()])
+            .map(|_| ())
     }
 
     /// Everything the gateway logged so far.
@@ -124,13 +134,18 @@ impl Gateway {
 
     /// Flow log lines (`kind=… client=… dst=…`).
     pub fn flow_lines(&self) -> Vec<String> {
-        self.log_text().lines().filter(|l| l.contains(" flow] ")).map(str::to_owned).collect()
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" flow] "))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Sends `signal` and waits for the process to exit.
     pub fn stop(self, rig: &mut Rig, signal: i32) -> anyhow::Result<std::process::ExitStatus> {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.pid as i32, signal) };
-        rig.wait(self.pid).context("the gateway was not a child of this rig")
+        rig.wait(self.pid)
+            .context("the gateway was not a child of this rig")
     }
 }

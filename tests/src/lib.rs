@@ -6,6 +6,8 @@
 //! happened. Everything a rig creates (namespaces, the processes in them,
 //! its scratch directory) goes away when it is dropped, also on panic.
 
+pub mod cicap;
+pub mod clamd;
 pub mod gateway;
 pub mod nginx;
 pub mod rig;

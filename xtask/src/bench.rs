@@ -4,12 +4,7 @@
 use std::process::Output;
 
 use anyhow::{Context as _, ensure};
-use tests::{
-    Gateway, Ns, Rig,
-    nginx::Nginx,
-    rig::SERVER_V4,
-    util::random_file,
-};
+use tests::{Gateway, Ns, Rig, nginx::Nginx, rig::SERVER_V4, util::random_file};
 
 const RUNS: usize = 3;
 
@@ -19,7 +14,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn out_text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Median MiB/s of `RUNS` curl transfers; `upload` is a file to PUT.
@@ -111,15 +110,39 @@ pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
     let steered = measure(&rig, &big, &upload, seconds)?;
     let flows = gw.counter("/proxy/flows_total")?;
     gw.stop(&mut rig, libc::SIGTERM)?;
-    ensure!(flows > 0, "the gateway relayed no flow: the steered figures would be direct ones");
+    ensure!(
+        flows > 0,
+        "the gateway relayed no flow: the steered figures would be direct ones"
+    );
 
     println!("\n| figure | direct forwarding | steered relay | ratio |");
     println!("|---|---|---|---|");
-    println!("| {mib} MiB download, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |", direct.down, steered.down, steered.down / direct.down);
-    println!("| {mib} MiB upload, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |", direct.up, steered.up, steered.up / direct.up);
-    for (name, d, s) in [("keep-alive", direct.ka, steered.ka), ("new connection each", direct.close, steered.close)] {
-        println!("| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× |", d.0, s.0, s.0 / d.0);
-        println!("| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | |", d.1, d.2, s.1, s.2);
+    println!(
+        "| {mib} MiB download, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |",
+        direct.down,
+        steered.down,
+        steered.down / direct.down
+    );
+    println!(
+        "| {mib} MiB upload, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |",
+        direct.up,
+        steered.up,
+        steered.up / direct.up
+    );
+    for (name, d, s) in [
+        ("keep-alive", direct.ka, steered.ka),
+        ("new connection each", direct.close, steered.close),
+    ] {
+        println!(
+            "| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× |",
+            d.0,
+            s.0,
+            s.0 / d.0
+        );
+        println!(
+            "| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | |",
+            d.1, d.2, s.1, s.2
+        );
     }
     println!("\n(flows relayed by the gateway during the steered run: {flows})");
     Ok(())

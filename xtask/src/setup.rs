@@ -10,14 +10,17 @@ use anyhow::{Context as _, bail};
 
 /// Debian packages the demo, tests and benchmarks use.
 const APT_PACKAGES: &[&str] = &[
-    "iproute2",     // ip, ss: the rig
-    "iputils-ping", // ICMP forwarding test
-    "curl",         // the HTTP client
-    "nginx-light",  // the real HTTP server
-    "wrk",          // request-rate benchmarks
-    "bpftool",      // inspecting programs and maps when debugging
-    "util-linux",   // setpriv: the unprivileged-start test
-    "python3",      // the UDP echo peer
+    "iproute2",                 // ip, ss: the rig
+    "iputils-ping",             // ICMP forwarding test
+    "curl",                     // the HTTP client
+    "nginx-light",              // the real HTTP server
+    "wrk",                      // request-rate benchmarks
+    "bpftool",                  // inspecting programs and maps when debugging
+    "util-linux",               // setpriv: the unprivileged-start test
+    "python3",                  // the UDP echo peer, archives and fault injectors in tests
+    "clamav-daemon",            // clamd: the real scanner (with the project's test signatures)
+    "c-icap",                   // the real ICAP server …
+    "libc-icap-mod-virus-scan", // … with its virus_scan module on clamd
 ];
 
 /// Runs every setup step.
@@ -29,7 +32,10 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {program} >/dev/null")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn apt() -> anyhow::Result<()> {
@@ -47,7 +53,10 @@ fn apt() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask setup: installing {}", missing.join(" "));
-    let update = Command::new("apt-get").args(["update", "-q"]).status().context("running apt-get update")?;
+    let update = Command::new("apt-get")
+        .args(["update", "-q"])
+        .status()
+        .context("running apt-get update")?;
     if !update.success() {
         bail!("apt-get update failed ({update}); check the network and that you are root");
     }
@@ -58,7 +67,10 @@ fn apt() -> anyhow::Result<()> {
         .status()
         .context("running apt-get install")?;
     if !status.success() {
-        bail!("apt-get install {} failed ({status}); run it by hand to see why", missing.join(" "));
+        bail!(
+            "apt-get install {} failed ({status}); run it by hand to see why",
+            missing.join(" ")
+        );
     }
     Ok(())
 }
@@ -106,7 +118,12 @@ fn bpf_linker() -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .find(|n| n.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}; is the nightly toolchain complete?", lib.display()))?;
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}; is the nightly toolchain complete?",
+                lib.display()
+            )
+        })?;
     // "libLLVM.so.22.1-rust-1.97.0-nightly" → LLVM major 22.
     let major = libllvm
         .trim_start_matches("libLLVM.so.")
@@ -124,9 +141,16 @@ fn bpf_linker() -> anyhow::Result<()> {
         std::os::unix::fs::symlink(lib.join(&libllvm), &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!("xtask setup: installing bpf-linker against nightly's LLVM {major} (a few minutes, once)");
+    eprintln!(
+        "xtask setup: installing bpf-linker against nightly's LLVM {major} (a few minutes, once)"
+    );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "bpf-linker", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
         .env("LD_LIBRARY_PATH", join_path(&prefix_lib))

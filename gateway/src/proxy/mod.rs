@@ -16,7 +16,10 @@ use std::{
 use log::{info, warn};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{config, stats::{ActiveFlow, ProxyStats}};
+use crate::{
+    config,
+    stats::{ActiveFlow, ProxyStats},
+};
 
 /// Which listener a flow arrived on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,14 +84,21 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) 
     let dst = match client.local_addr() {
         Ok(a) => a,
         Err(e) => {
-            warn!("flow kind={} client={peer}: no local address: {e}", kind.name());
+            warn!(
+                "flow kind={} client={peer}: no local address: {e}",
+                kind.name()
+            );
             return;
         }
     };
-    let upstream = match tokio::time::timeout(ctx.config.connect_timeout.0, TcpStream::connect(dst)).await {
+    let upstream = match tokio::time::timeout(ctx.config.connect_timeout.0, TcpStream::connect(dst))
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return upstream_failed(&client, peer, dst, kind, ctx, start, &e.to_string()),
-        Err(_) => return upstream_failed(&client, peer, dst, kind, ctx, start, "connect timed out"),
+        Err(_) => {
+            return upstream_failed(&client, peer, dst, kind, ctx, start, "connect timed out");
+        }
     };
     let counts = relay::Counts::default();
     let end = relay::relay(&client, &upstream, ctx.config.relay_pipe_size, &counts).await;

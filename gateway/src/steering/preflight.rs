@@ -11,10 +11,14 @@ const CAP_BPF: u32 = 39;
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// Missing capabilities.
-    #[error("the gateway needs root or the capabilities CAP_BPF and CAP_NET_ADMIN to load its eBPF programs; run it as root")]
+    #[error(
+        "the gateway needs root or the capabilities CAP_BPF and CAP_NET_ADMIN to load its eBPF programs; run it as root"
+    )]
     Privileges,
     /// No kernel BTF.
-    #[error("this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); the gateway needs a kernel built with CONFIG_DEBUG_INFO_BTF")]
+    #[error(
+        "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); the gateway needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
     NoBtf,
 }
 

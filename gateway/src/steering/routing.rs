@@ -24,7 +24,10 @@ pub struct RoutingError {
 }
 
 fn err(what: impl Into<String>, e: impl std::fmt::Display) -> RoutingError {
-    RoutingError { what: what.into(), source: std::io::Error::other(e.to_string()) }
+    RoutingError {
+        what: what.into(),
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 /// The rule and table that deliver marked packets locally.
@@ -41,7 +44,8 @@ pub struct PolicyRouting {
 const LOOPBACK_IFINDEX: u32 = 1;
 
 async fn connect() -> Result<Handle, RoutingError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err("opening a netlink socket", e))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| err("opening a netlink socket", e))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -60,7 +64,11 @@ impl PolicyRouting {
                 .fw_mark(self.fwmark)
                 .table_id(self.table)
                 .priority(self.priority);
-            let res = if v6 { rule.v6().execute().await } else { rule.v4().execute().await };
+            let res = if v6 {
+                rule.v6().execute().await
+            } else {
+                rule.v4().execute().await
+            };
             res.map_err(|e| err(format!("adding the {family} fwmark rule"), e))?;
 
             let route = if v6 {
@@ -86,7 +94,12 @@ impl PolicyRouting {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| err(format!("adding the {family} local route to table {}", self.table), e))?;
+                .map_err(|e| {
+                    err(
+                        format!("adding the {family} local route to table {}", self.table),
+                        e,
+                    )
+                })?;
         }
         Ok(())
     }
@@ -104,7 +117,12 @@ impl PolicyRouting {
                 .await
                 .map_err(|e| err("listing rules", e))?;
             for rule in rules.into_iter().filter(|r| self.owns_rule(r)) {
-                handle.rule().del(rule).execute().await.map_err(|e| err("deleting a rule", e))?;
+                handle
+                    .rule()
+                    .del(rule)
+                    .execute()
+                    .await
+                    .map_err(|e| err("deleting a rule", e))?;
             }
             let mut query = match version {
                 IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -119,7 +137,12 @@ impl PolicyRouting {
                 .await
                 .map_err(|e| err("listing routes", e))?;
             for route in routes.into_iter().filter(|r| route_table(r) == self.table) {
-                handle.route().del(route).execute().await.map_err(|e| err("deleting a route", e))?;
+                handle
+                    .route()
+                    .del(route)
+                    .execute()
+                    .await
+                    .map_err(|e| err("deleting a route", e))?;
             }
         }
         Ok(())
@@ -129,8 +152,13 @@ impl PolicyRouting {
     pub async fn present(&self) -> Result<bool, RoutingError> {
         let handle = connect().await?;
         for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> =
-                handle.rule().get(version).execute().try_collect().await.map_err(|e| err("listing rules", e))?;
+            let rules: Vec<RuleMessage> = handle
+                .rule()
+                .get(version)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| err("listing rules", e))?;
             if rules.iter().any(|r| self.owns_rule(r)) {
                 return Ok(true);
             }

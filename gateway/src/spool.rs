@@ -1,0 +1,257 @@
+//! Holding a body until its verdict, with bounded memory.
+//!
+//! A body stays in memory up to `spool_memory`, and only while the memory
+//! all spools hold together stays under a global budget; past either, it
+//! goes to an unnamed temporary file (O_TMPFILE) in `spool_dir`, which the
+//! kernel removes when the last descriptor closes: on every path, including
+//! a panic or the process being killed.
+
+use std::{
+    fs::File,
+    io::{Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+/// Why a body could not be held.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hold the body in {dir}: {source}")]
+pub struct SpoolError {
+    dir: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Memory shared by all spools.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes held in memory by all spools now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Where and how much to spool.
+#[derive(Clone, Debug)]
+pub struct SpoolConfig {
+    /// Directory for temporary files.
+    pub dir: PathBuf,
+    /// Bytes one body may keep in memory.
+    pub memory: u64,
+    /// The budget shared by all bodies.
+    pub budget: Arc<MemoryBudget>,
+}
+
+/// One body being held.
+#[derive(Debug)]
+pub struct Spool {
+    config: SpoolConfig,
+    memory: Vec<u8>,
+    file: Option<File>,
+    len: u64,
+}
+
+impl Spool {
+    /// An empty spool.
+    pub fn new(config: SpoolConfig) -> Spool {
+        Spool {
+            config,
+            memory: Vec::new(),
+            file: None,
+            len: 0,
+        }
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the body went to disk.
+    pub fn on_disk(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Appends `data`.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        if self.file.is_none() {
+            let n = data.len() as u64;
+            if self.memory.len() as u64 + n <= self.config.memory && self.config.budget.try_take(n)
+            {
+                self.memory.extend_from_slice(data);
+                self.len += n;
+                return Ok(());
+            }
+            self.spill()?;
+        }
+        let file = self.file.as_mut().expect("spilled above");
+        file.write_all(data).map_err(|source| self.err(source))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    fn spill(&mut self) -> Result<(), SpoolError> {
+        let mut file =
+            tempfile::tempfile_in(&self.config.dir).map_err(|source| self.err(source))?;
+        file.write_all(&self.memory)
+            .map_err(|source| self.err(source))?;
+        self.config.budget.give_back(self.memory.len() as u64);
+        self.memory = Vec::new();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    fn err(&self, source: std::io::Error) -> SpoolError {
+        SpoolError {
+            dir: self.config.dir.clone(),
+            source,
+        }
+    }
+
+    /// A reader over the whole body from the start.
+    pub fn reader(&mut self) -> Result<SpoolReader<'_>, SpoolError> {
+        if let Some(f) = self.file.as_mut() {
+            if let Err(source) = f.seek(SeekFrom::Start(0)) {
+                return Err(SpoolError {
+                    dir: self.config.dir.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(SpoolReader {
+            spool: self,
+            pos: 0,
+        })
+    }
+
+    /// The directory this spool writes to.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.config.budget.give_back(self.memory.len() as u64);
+    }
+}
+
+/// Reads a held body back.
+pub struct SpoolReader<'a> {
+    spool: &'a mut Spool,
+    pos: usize,
+}
+
+impl Read for SpoolReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.spool.file.as_mut() {
+            Some(f) => f.read(buf),
+            None => {
+                let rest = &self.spool.memory[self.pos..];
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                self.pos += n;
+                Ok(n)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(memory: u64, budget: u64) -> SpoolConfig {
+        SpoolConfig {
+            dir: std::env::temp_dir(),
+            memory,
+            budget: MemoryBudget::new(budget),
+        }
+    }
+
+    fn read_all(s: &mut Spool) -> Vec<u8> {
+        let mut v = Vec::new();
+        s.reader().unwrap().read_to_end(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn small_body_stays_in_memory() {
+        let mut s = Spool::new(config(100, 1000));
+        s.write(b"hello ").unwrap();
+        s.write(b"world").unwrap();
+        assert!(!s.on_disk());
+        assert_eq!(read_all(&mut s), b"hello world");
+    }
+
+    #[test]
+    fn large_body_spills_and_reads_back_identical() {
+        let c = config(10, 1000);
+        let budget = c.budget.clone();
+        let mut s = Spool::new(c);
+        s.write(b"0123456789").unwrap();
+        assert_eq!(budget.used(), 10);
+        s.write(b"abc").unwrap();
+        assert!(s.on_disk());
+        assert_eq!(budget.used(), 0, "memory given back after spilling");
+        assert_eq!(read_all(&mut s), b"0123456789abc");
+    }
+
+    #[test]
+    fn global_budget_forces_spill() {
+        let c = config(100, 15);
+        let mut a = Spool::new(c.clone());
+        let mut b = Spool::new(c.clone());
+        a.write(&[1; 10]).unwrap();
+        b.write(&[2; 10]).unwrap();
+        assert!(!a.on_disk());
+        assert!(b.on_disk(), "second body exceeded the shared budget");
+        drop(a);
+        assert_eq!(c.budget.used(), 0);
+    }
+
+    #[test]
+    fn unwritable_dir_is_an_error() {
+        let c = SpoolConfig {
+            dir: "/nonexistent/spool".into(),
+            memory: 0,
+            budget: MemoryBudget::new(0),
+        };
+        let mut s = Spool::new(c);
+        let e = s.write(b"x").unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/spool"), "{e}");
+    }
+}
