@@ -1,0 +1,161 @@
+//! The scanning core as the proxies use it (sessions fed chunk by chunk),
+//! against a real clamd and a real c-icap.
+
+use std::{path::Path, process::Command, sync::Arc, time::Duration};
+
+use gateway::{
+    config::{Scan, ScanBackend},
+    policy::{Action, Decision},
+    scan::{ScanMeta, Scanner},
+    units::Size,
+    verdict::{ErrorKind, Verdict},
+};
+use tests::{
+    cicap::CIcap,
+    clamd::{Clamd, eicar},
+};
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("gwcore-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn clamd_config(clamd: &Clamd, spool: &Path) -> Scan {
+    Scan { clamd: clamd.addr(), spool_dir: spool.to_path_buf(), ..Scan::default() }
+}
+
+async fn scan_in_chunks(scanner: &Arc<Scanner>, body: &[u8], chunk: usize, hold: bool) -> gateway::scan::Finished {
+    let mut s = scanner.start(ScanMeta::file("http://origin.test/file.bin"), hold);
+    for c in body.chunks(chunk.max(1)) {
+        s.feed(c).await;
+    }
+    s.finish().await
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn one_byte_chunks_and_empty_bodies_on_both_backends() {
+    let dir = scratch("bytes");
+    let clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let (icap, _guard) = CIcap::start_here(&dir.join("icap"), port, &clamd.socket).unwrap();
+    let rt = runtime();
+    let mut with_eicar = b"some text before ".to_vec();
+    with_eicar.extend_from_slice(&eicar());
+    with_eicar.extend_from_slice(b" and after");
+    for backend in [ScanBackend::Clamd, ScanBackend::Icap] {
+        let cfg = Scan { backend, icap: vec![icap.url.clone()], ..clamd_config(&clamd, &dir) };
+        let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+        rt.block_on(async {
+            let done = scan_in_chunks(&scanner, &with_eicar, 1, true).await;
+            assert!(done.outcome.verdict.is_infected(), "{backend:?}: {:?}", done.outcome.verdict);
+            assert_eq!(done.outcome.bytes, with_eicar.len() as u64);
+            let done = scan_in_chunks(&scanner, b"", 1, true).await;
+            assert_eq!(done.outcome.verdict, Verdict::Clean, "{backend:?} empty body");
+            // Clean, larger than c-icap's preview, in odd chunk sizes.
+            let clean: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+            let mut done = scan_in_chunks(&scanner, &clean, 4093, true).await;
+            assert_eq!(done.outcome.verdict, Verdict::Clean, "{backend:?} clean");
+            let mut back = Vec::new();
+            std::io::Read::read_to_end(&mut done.body.as_mut().unwrap().reader().unwrap(), &mut back).unwrap();
+            assert!(back == clean, "{backend:?}: held body differs");
+        });
+    }
+}
+
+#[test]
+fn infected_body_is_remembered_by_hash() {
+    let dir = scratch("cache");
+    let clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+    let scanner = Arc::new(Scanner::new(&clamd_config(&clamd, &dir)).unwrap());
+    let rt = runtime();
+    rt.block_on(async {
+        let first = scan_in_chunks(&scanner, &eicar(), 10, false).await;
+        assert!(first.outcome.verdict.is_infected() && !first.outcome.cached);
+        let again = scan_in_chunks(&scanner, &eicar(), 10, false).await;
+        assert!(again.outcome.verdict.is_infected() && again.outcome.cached);
+    });
+}
+
+#[test]
+fn dead_clamd_blocks_by_default_and_passes_with_on_error_allow() {
+    let dir = scratch("dead");
+    let mut clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+    clamd.stop();
+    let rt = runtime();
+    for (action, want_pass) in [(Action::Block, false), (Action::Allow, true)] {
+        let cfg = Scan { on_error: action, ..clamd_config(&clamd, &dir) };
+        let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+        let done = rt.block_on(scan_in_chunks(&scanner, b"hello", 5, true));
+        assert!(matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Unavailable, .. }), "{:?}", done.outcome.verdict);
+        assert_eq!(scanner.policy.decide(&done.outcome.verdict) == Decision::Pass, want_pass);
+    }
+    assert_eq!(Scan::default().on_error, Action::Block, "fail closed by default");
+}
+
+#[test]
+fn a_full_spool_is_an_error_verdict_not_a_truncated_body() {
+    let dir = scratch("full");
+    let clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+    let spool = dir.join("tiny");
+    std::fs::create_dir_all(&spool).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&spool).status().unwrap();
+    assert!(mounted.success(), "mounting a 1 MiB tmpfs");
+    let cfg = Scan { spool_memory: Size(64 << 10), spool_memory_total: Size(64 << 10), ..clamd_config(&clamd, &spool) };
+    let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+    let body: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let done = runtime().block_on(scan_in_chunks(&scanner, &body, 65536, true));
+    let _ = Command::new("umount").arg(&spool).status();
+    assert!(matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Spool, .. }), "{:?}", done.outcome.verdict);
+    assert!(done.body.is_none(), "no partial body is handed out for delivery");
+    assert!(matches!(scanner.policy.decide(&done.outcome.verdict), Decision::Block(_)));
+}
+
+/// Runs in a child process so that its peak RSS (VmHWM) is its own.
+#[test]
+fn a_held_200_mib_body_keeps_memory_near_spool_memory() {
+    if std::env::var_os("GW_MEMORY_CHILD").is_some() {
+        let dir = scratch("mem");
+        let clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+        let scanner = Arc::new(Scanner::new(&clamd_config(&clamd, &dir)).unwrap());
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 31 % 255) as u8).collect();
+        let done = runtime().block_on(async {
+            let mut s = scanner.start(ScanMeta::file("big.bin"), true);
+            for i in 0..3200u32 {
+                let mut c = chunk.clone();
+                c[..4].copy_from_slice(&i.to_le_bytes());
+                s.feed(&c).await;
+            }
+            s.finish().await
+        });
+        assert_eq!(done.outcome.verdict, Verdict::Clean);
+        assert_eq!(done.outcome.bytes, 200 << 20);
+        assert!(done.body.as_ref().is_some_and(|b| b.on_disk()));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        println!("CHILD {hwm}");
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["a_held_200_mib_body_keeps_memory_near_spool_memory", "--exact", "--nocapture", "--test-threads=1"])
+        .env("GW_MEMORY_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.split("CHILD VmHWM:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("child reported no VmHWM: {text}"));
+    // spool_memory is 1 MiB; the process itself (runtime, test harness)
+    // needs some tens of MiB. Holding the body in memory would be > 200 MiB.
+    assert!(kb < 48 * 1024, "peak RSS {kb} kB while holding 200 MiB");
+    eprintln!("peak RSS while holding 200 MiB: {kb} kB");
+    let _ = Duration::ZERO;
+}
