@@ -114,15 +114,8 @@ pub mod steer_stat {
     /// Number of counters.
     pub const COUNT: u32 = 7;
     /// Names, in index order, for logs and the CLI.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "established",
-        "listener",
-        "no_listener",
-        "bypassed",
-        "assign_failed",
-        "time_wait_syn",
-        "time_wait_reused",
-    ];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["established", "listener", "no_listener", "bypassed", "assign_failed", "time_wait_syn", "time_wait_reused"];
 }
 
 /// A packet and byte count.
@@ -137,9 +130,7 @@ pub struct Counter {
 
 /// Map an IPv4 address (network-order octets) to the 16-byte form.
 pub const fn v4_mapped(o: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3],
-    ]
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]
 }
 
 #[cfg(feature = "user")]

@@ -19,17 +19,14 @@ mod packet;
 
 use aya_ebpf::{
     bindings::{
-        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, bpf_sock,
-        bpf_sock_tuple, xdp_action,
+        BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TC_ACT_OK, bpf_sock, bpf_sock_tuple, xdp_action,
     },
     helpers::generated::{bpf_map_lookup_elem, bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, map, sk_lookup, xdp},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key},
     programs::{SkLookupContext, TcContext, XdpContext},
 };
-use gateway_common::{
-    Counter, ExpectKey, ExpectValue, FlowKey, LpmAddr, counter, listener, steer_stat, v4_mapped,
-};
+use gateway_common::{Counter, ExpectKey, ExpectValue, FlowKey, LpmAddr, counter, listener, steer_stat, v4_mapped};
 
 use packet::{Flow, Proto};
 
@@ -99,12 +96,7 @@ fn try_steer(ctx: &TcContext, flow: &Flow) {
     let kind = match unsafe { STEER_PORTS.get(flow.dport) } {
         Some(kind) => *kind,
         None => {
-            let key = ExpectKey {
-                client: flow.saddr,
-                server: flow.daddr,
-                port: flow.dport,
-                _pad: [0; 2],
-            };
+            let key = ExpectKey { client: flow.saddr, server: flow.daddr, port: flow.dport, _pad: [0; 2] };
             match unsafe { EXPECTATIONS.get(&key) } {
                 Some(v) => v.kind,
                 None => return,
@@ -126,45 +118,22 @@ fn try_steer(ctx: &TcContext, flow: &Flow) {
             t.sport = flow.sport.to_be();
             t.dport = flow.dport.to_be();
         }
-        (
-            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(),
-            listener::V6,
-        )
+        (core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(), listener::V6)
     } else {
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv4;
-            t.saddr = u32::from_ne_bytes([
-                flow.saddr[12],
-                flow.saddr[13],
-                flow.saddr[14],
-                flow.saddr[15],
-            ]);
-            t.daddr = u32::from_ne_bytes([
-                flow.daddr[12],
-                flow.daddr[13],
-                flow.daddr[14],
-                flow.daddr[15],
-            ]);
+            t.saddr = u32::from_ne_bytes([flow.saddr[12], flow.saddr[13], flow.saddr[14], flow.saddr[15]]);
+            t.daddr = u32::from_ne_bytes([flow.daddr[12], flow.daddr[13], flow.daddr[14], flow.daddr[15]]);
             t.sport = flow.sport.to_be();
             t.dport = flow.dport.to_be();
         }
-        (
-            core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(),
-            listener::V4,
-        )
+        (core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(), listener::V4)
     };
 
     // A gateway socket for this 4-tuple (established, SYN-received, closing
     // or TIME_WAIT) gets the packet, as the kernel's own lookup would give it.
-    let sk = unsafe {
-        bpf_skc_lookup_tcp(
-            ctx.skb.skb.cast(),
-            &mut tuple,
-            tuple_len as u32,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
+    let sk =
+        unsafe { bpf_skc_lookup_tcp(ctx.skb.skb.cast(), &mut tuple, tuple_len as u32, BPF_F_CURRENT_NETNS as u64, 0) };
     if !sk.is_null() {
         let state = unsafe { (*sk).state };
         if state != BPF_TCP_LISTEN {
@@ -201,10 +170,7 @@ fn try_steer(ctx: &TcContext, flow: &Flow) {
     // SAFETY: SockMap is a transparent wrapper around its map definition; a
     // sockmap lookup from TC yields a referenced socket that must be released.
     let sk = unsafe {
-        bpf_map_lookup_elem(
-            core::ptr::from_ref(&LISTENERS).cast_mut().cast(),
-            core::ptr::from_ref(&slot).cast(),
-        )
+        bpf_map_lookup_elem(core::ptr::from_ref(&LISTENERS).cast_mut().cast(), core::ptr::from_ref(&slot).cast())
     } as *mut bpf_sock;
     if sk.is_null() {
         count(&STEER_STATS, steer_stat::NO_LISTENER, ctx.len());
@@ -244,26 +210,15 @@ pub fn reuse(ctx: SkLookupContext) -> u32 {
             )
         }
     } else {
-        (
-            v4_mapped(lk.remote_ip4.to_ne_bytes()),
-            v4_mapped(lk.local_ip4.to_ne_bytes()),
-        )
+        (v4_mapped(lk.remote_ip4.to_ne_bytes()), v4_mapped(lk.local_ip4.to_ne_bytes()))
     };
-    let key = FlowKey {
-        client,
-        server,
-        client_port: u16::from_be(lk.remote_port),
-        server_port: lk.local_port as u16,
-    };
+    let key = FlowKey { client, server, client_port: u16::from_be(lk.remote_port), server_port: lk.local_port as u16 };
     let Some(kind) = (unsafe { TW_SYN.get(&key) }).copied() else {
         return SK_PASS;
     };
     let _ = TW_SYN.remove(&key);
     let family = if v6 { listener::V6 } else { listener::V4 };
-    if LISTENERS
-        .redirect_sk_lookup(&ctx, listener::slot(kind, family), 0)
-        .is_ok()
-    {
+    if LISTENERS.redirect_sk_lookup(&ctx, listener::slot(kind, family), 0).is_ok() {
         count(&STEER_STATS, steer_stat::TIME_WAIT_REUSED, 0);
     }
     SK_PASS

@@ -62,13 +62,7 @@ pub fn tc_flow(ctx: &TcContext) -> Option<Flow> {
             let s: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
             let d: [u8; 4] = ctx.load(ETH_HLEN + 16).ok()?;
             let ihl = usize::from(vihl & 0x0f) * 4;
-            (
-                false,
-                proto_of(p),
-                v4_mapped(s),
-                v4_mapped(d),
-                ETH_HLEN + ihl,
-            )
+            (false, proto_of(p), v4_mapped(s), v4_mapped(d), ETH_HLEN + ihl)
         }
         ETH_P_IPV6 => {
             let p: u8 = ctx.load(ETH_HLEN + 6).ok()?;
@@ -80,10 +74,7 @@ pub fn tc_flow(ctx: &TcContext) -> Option<Flow> {
     };
     let (sport, dport) = if matches!(proto, Proto::Tcp | Proto::Udp) {
         let ports: [u8; 4] = ctx.load(l4).ok()?;
-        (
-            u16::from_be_bytes([ports[0], ports[1]]),
-            u16::from_be_bytes([ports[2], ports[3]]),
-        )
+        (u16::from_be_bytes([ports[0], ports[1]]), u16::from_be_bytes([ports[2], ports[3]]))
     } else {
         (0, 0)
     };
@@ -93,15 +84,7 @@ pub fn tc_flow(ctx: &TcContext) -> Option<Flow> {
     } else {
         false
     };
-    Some(Flow {
-        v6,
-        proto,
-        saddr,
-        daddr,
-        sport,
-        dport,
-        syn,
-    })
+    Some(Flow { v6, proto, saddr, daddr, sport, dport, syn })
 }
 
 #[inline(always)]
@@ -139,15 +122,7 @@ pub fn xdp_flow(ctx: &XdpContext) -> Option<Flow> {
                 let p = *ptr_at::<u8>(ctx, ETH_HLEN + 6)?;
                 let s = *ptr_at::<[u8; 16]>(ctx, ETH_HLEN + 8)?;
                 let d = *ptr_at::<[u8; 16]>(ctx, ETH_HLEN + 24)?;
-                Some(Flow {
-                    v6: true,
-                    proto: proto_of(p),
-                    saddr: s,
-                    daddr: d,
-                    sport: 0,
-                    dport: 0,
-                    syn: false,
-                })
+                Some(Flow { v6: true, proto: proto_of(p), saddr: s, daddr: d, sport: 0, dport: 0, syn: false })
             }
             _ => None,
         }

@@ -17,34 +17,21 @@ use crate::{
 pub async fn run(config: Config) -> anyhow::Result<()> {
     preflight::check()?;
     let s = &config.steering;
-    let routing = PolicyRouting {
-        fwmark: s.fwmark,
-        table: s.route_table,
-        priority: s.rule_priority,
-    };
+    let routing = PolicyRouting { fwmark: s.fwmark, table: s.route_table, priority: s.rule_priority };
     // The guard first: from here on, however we die, the routing goes too.
     let guard = guard::spawn(routing).context("starting the routing guard process")?;
-    routing
-        .install()
-        .await
-        .context("installing the policy routing for steered packets")?;
+    routing.install().await.context("installing the policy routing for steered packets")?;
 
     let result = serve(&config).await;
 
-    let removed = routing
-        .remove()
-        .await
-        .context("removing the policy routing");
+    let removed = routing.remove().await.context("removing the policy routing");
     drop(guard);
     result.and(removed)
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut steering = Steering::start(&config.steering)?;
-    let ctx = Arc::new(Context {
-        config: config.proxy.clone(),
-        stats: Default::default(),
-    });
+    let ctx = Arc::new(Context { config: config.proxy.clone(), stats: Default::default() });
 
     let p = &config.proxy;
     let mut tasks = tokio::task::JoinSet::new();
@@ -65,21 +52,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 
     let steering = Arc::new(steering);
     if !config.control.socket.as_os_str().is_empty() {
-        let sock = control::bind(&config.control.socket).with_context(|| {
-            format!(
-                "opening the control socket {}",
-                config.control.socket.display()
-            )
-        })?;
+        let sock = control::bind(&config.control.socket)
+            .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
         tasks.spawn(control::serve(sock, steering.clone(), ctx.clone()));
     }
 
     info!(
         "gateway running: interfaces {:?}, http ports {:?}, ftp ports {:?}, xdp {:?}",
-        config.steering.interfaces,
-        config.steering.http_ports,
-        config.steering.ftp_ports,
-        config.steering.xdp_mode
+        config.steering.interfaces, config.steering.http_ports, config.steering.ftp_ports, config.steering.xdp_mode
     );
 
     let mut term = signal(SignalKind::terminate())?;
@@ -93,10 +73,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         proxy: ctx.stats.snapshot(),
         expectations: steering.expectations().len(),
     };
-    info!(
-        "final counters: {}",
-        serde_json::to_string(&stats).unwrap_or_default()
-    );
+    info!("final counters: {}", serde_json::to_string(&stats).unwrap_or_default());
     tasks.shutdown().await;
     if !config.control.socket.as_os_str().is_empty() {
         let _ = std::fs::remove_file(&config.control.socket);

@@ -154,9 +154,7 @@ pub struct Control {
 
 impl Default for Control {
     fn default() -> Self {
-        Control {
-            socket: PathBuf::from("/run/gateway/control.sock"),
-        }
+        Control { socket: PathBuf::from("/run/gateway/control.sock") }
     }
 }
 
@@ -241,44 +239,27 @@ impl Default for Scan {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
     /// Reads a file for `gateway scan`: only `[scan]` is validated, so a
     /// firewall's config can be used on a host without its interfaces.
     pub fn load_scan_only(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: describe_toml_error(&text, &e),
-        })?;
-        config
-            .scan
-            .validate()
-            .map_err(|message| ConfigError::Invalid {
-                path: path.to_owned(),
-                message,
-            })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: describe_toml_error(&text, &e) })?;
+        config.scan.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(config)
     }
 
     /// Parses and validates configuration text; `path` is for messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: describe_toml_error(text, &e),
-        })?;
-        config.validate().map_err(|message| ConfigError::Invalid {
-            path: path.to_owned(),
-            message,
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: describe_toml_error(text, &e) })?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
         Ok(config)
     }
 
@@ -286,15 +267,11 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let s = &self.steering;
         if s.interfaces.is_empty() {
-            return Err(
-                "steering.interfaces is empty: name at least one client-facing interface".into(),
-            );
+            return Err("steering.interfaces is empty: name at least one client-facing interface".into());
         }
         for name in &s.interfaces {
             if crate::steering::if_index(name).is_none() {
-                return Err(format!(
-                    "steering.interfaces names {name:?}, which is not an interface on this host"
-                ));
+                return Err(format!("steering.interfaces names {name:?}, which is not an interface on this host"));
             }
         }
         for &p in s.http_ports.iter().chain(&s.ftp_ports) {
@@ -303,30 +280,17 @@ impl Config {
             }
         }
         if let Some(p) = s.http_ports.iter().find(|p| s.ftp_ports.contains(p)) {
-            return Err(format!(
-                "port {p} is both in steering.http_ports and steering.ftp_ports"
-            ));
+            return Err(format!("port {p} is both in steering.http_ports and steering.ftp_ports"));
         }
         if s.fwmark == 0 {
             return Err("steering.fwmark must not be 0".into());
         }
         if matches!(s.route_table, 0 | 253..=255) {
-            return Err(format!(
-                "steering.route_table {} is reserved by the kernel",
-                s.route_table
-            ));
+            return Err(format!("steering.route_table {} is reserved by the kernel", s.route_table));
         }
         let p = &self.proxy;
-        let ports = [
-            p.http_listener_port,
-            p.ftp_listener_port,
-            p.ftp_data_listener_port,
-        ];
-        if ports.contains(&0)
-            || ports[0] == ports[1]
-            || ports[1] == ports[2]
-            || ports[0] == ports[2]
-        {
+        let ports = [p.http_listener_port, p.ftp_listener_port, p.ftp_data_listener_port];
+        if ports.contains(&0) || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
             return Err("proxy listener ports must be distinct and non-zero".into());
         }
         self.scan.validate()
@@ -336,8 +300,7 @@ impl Config {
 impl Scan {
     /// Checks addresses and URLs; shared by the config file and `gateway scan`.
     pub fn validate(&self) -> Result<(), String> {
-        crate::scan::clamd::ClamdAddr::parse(&self.clamd)
-            .map_err(|e| format!("scan.clamd: {e}"))?;
+        crate::scan::clamd::ClamdAddr::parse(&self.clamd).map_err(|e| format!("scan.clamd: {e}"))?;
         if self.backend == ScanBackend::Icap && self.icap.is_empty() {
             return Err("scan.backend is \"icap\" but scan.icap lists no service".into());
         }
@@ -353,12 +316,7 @@ impl Scan {
 
 /// toml's own message names line and column; keep it to one sentence.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg: Vec<&str> = e
-        .message()
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
+    let msg: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     let msg = msg.join("; ");
     let msg = msg.trim_end_matches('.');
     match e.span() {
@@ -375,10 +333,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 /// The 16-byte form used by the eBPF maps and the prefix length in it.
 pub fn lpm_key(net: &IpNet) -> ([u8; 16], u32) {
     match net {
-        IpNet::V4(n) => (
-            gateway_common::v4_mapped(n.network().octets()),
-            96 + u32::from(n.prefix_len()),
-        ),
+        IpNet::V4(n) => (gateway_common::v4_mapped(n.network().octets()), 96 + u32::from(n.prefix_len())),
         IpNet::V6(n) => (n.network().octets(), u32::from(n.prefix_len())),
     }
 }
@@ -401,26 +356,20 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_position() {
-        let e = parse("[steering]\ninterfaces = [\"lo\"]\nhttp_portz = [80]\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nhttp_portz = [80]\n").unwrap_err().to_string();
         assert!(e.contains("line 3, column 1"), "{e}");
         assert!(e.contains("http_portz"), "{e}");
     }
 
     #[test]
     fn bad_cidr_is_rejected() {
-        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
         assert!(e.contains("line 3"), "{e}");
     }
 
     #[test]
     fn unknown_interface_is_rejected() {
-        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n").unwrap_err().to_string();
         assert!(e.contains("\"nosuch0\""), "{e}");
     }
 
@@ -436,9 +385,7 @@ mod tests {
     #[test]
     fn example_file_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("\"eth1\"", "\"lo\"");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"eth1\"", "\"lo\"");
         let file: Config = Config::parse(&text, &path).unwrap();
         let mut defaults = Config::default();
         defaults.steering.interfaces = vec!["lo".into()];

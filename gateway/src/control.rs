@@ -84,11 +84,7 @@ fn execute(line: &str, steering: &Steering, ctx: &Context) -> String {
             serde_json::to_string(&stats).unwrap_or_else(|e| format!("error: {e}"))
         }
         ["expect", op @ ("add" | "del"), client, server, port] => {
-            let parsed = (
-                client.parse::<IpAddr>(),
-                server.parse::<IpAddr>(),
-                port.parse::<u16>(),
-            );
+            let parsed = (client.parse::<IpAddr>(), server.parse::<IpAddr>(), port.parse::<u16>());
             let (Ok(client), Ok(server), Ok(port)) = parsed else {
                 return "error: expect takes CLIENT-IP SERVER-IP PORT".into();
             };

@@ -45,6 +45,10 @@ enum Command {
         /// Use this ICAP service (repeat for failover).
         #[arg(long)]
         icap: Vec<String>,
+        /// Also print, on stderr, each file's size and the time from its
+        /// last byte to the verdict.
+        #[arg(long)]
+        timings: bool,
         /// Files to scan.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -72,11 +76,7 @@ enum Command {
     },
     /// Internal: removes the policy routing once the gateway exits.
     #[command(hide = true)]
-    RoutingGuard {
-        fwmark: u32,
-        table: u32,
-        priority: u32,
-    },
+    RoutingGuard { fwmark: u32, table: u32, priority: u32 },
 }
 
 fn main() -> ExitCode {
@@ -107,30 +107,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(1, &format!("{e:#}")),
             }
         }
-        Command::Scan {
-            config,
-            clamd,
-            icap,
-            paths,
-        } => scan(config, clamd, icap, paths),
+        Command::Scan { config, clamd, icap, timings, paths } => scan(config, clamd, icap, timings, paths),
         Command::Stats { socket } => ask(&socket, "stats"),
-        Command::Expect {
-            op,
-            client,
-            server,
-            port,
-            socket,
-        } => ask(&socket, &format!("expect {op} {client} {server} {port}")),
-        Command::RoutingGuard {
-            fwmark,
-            table,
-            priority,
-        } => {
-            match guard::run(PolicyRouting {
-                fwmark,
-                table,
-                priority,
-            }) {
+        Command::Expect { op, client, server, port, socket } => {
+            ask(&socket, &format!("expect {op} {client} {server} {port}"))
+        }
+        Command::RoutingGuard { fwmark, table, priority } => {
+            match guard::run(PolicyRouting { fwmark, table, priority }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &format!("routing guard: {e:#}")),
             }
@@ -142,6 +125,7 @@ fn scan(
     config: Option<PathBuf>,
     clamd: Option<String>,
     icap: Vec<String>,
+    timings: bool,
     paths: Vec<PathBuf>,
 ) -> ExitCode {
     let mut cfg = match config {
@@ -175,6 +159,13 @@ fn scan(
         for p in &paths {
             let r = scan_file(&scanner, p).await;
             println!("{}", r.line);
+            if let (true, Some((bytes, after))) = (timings, r.timing) {
+                eprintln!(
+                    "{}: {bytes} bytes, verdict {:.1} ms after the last byte",
+                    p.display(),
+                    after.as_secs_f64() * 1e3
+                );
+            }
             // clamdscan: an error outranks an infection in the exit status.
             worst = match (worst, r.status) {
                 (2, _) | (_, 2) => 2,
@@ -187,10 +178,7 @@ fn scan(
 }
 
 fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(1, &e),
     };
@@ -200,10 +188,7 @@ fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
             println!("{reply}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(
-            1,
-            &format!("cannot reach the gateway at {}: {e}", socket.display()),
-        ),
+        Err(e) => fail(1, &format!("cannot reach the gateway at {}: {e}", socket.display())),
     }
 }
 

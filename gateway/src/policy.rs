@@ -44,20 +44,12 @@ impl Policy {
     pub fn decide(&self, verdict: &Verdict) -> Decision {
         match verdict {
             Verdict::Clean => Decision::Pass,
-            Verdict::Infected { threats, .. } => {
-                Decision::Block(format!("infected: {}", threats.join(", ")))
-            }
+            Verdict::Infected { threats, .. } => Decision::Block(format!("infected: {}", threats.join(", "))),
             Verdict::Error { kind, message } => {
-                let action = if *kind == ErrorKind::Oversize {
-                    self.on_oversize
-                } else {
-                    self.on_error
-                };
+                let action = if *kind == ErrorKind::Oversize { self.on_oversize } else { self.on_error };
                 match action {
                     Action::Allow => Decision::Pass,
-                    Action::Block => {
-                        Decision::Block(format!("not scanned ({}): {message}", kind.name()))
-                    }
+                    Action::Block => Decision::Block(format!("not scanned ({}): {message}", kind.name())),
                 }
             }
         }
@@ -83,12 +75,7 @@ pub struct VerdictCache {
 impl VerdictCache {
     /// A cache keeping entries for `ttl`, at most `max` of each kind.
     pub fn new(ttl: Duration, max: usize) -> VerdictCache {
-        VerdictCache {
-            ttl,
-            max,
-            by_hash: Mutex::default(),
-            by_url: Mutex::default(),
-        }
+        VerdictCache { ttl, max, by_hash: Mutex::default(), by_url: Mutex::default() }
     }
 
     fn key(url: &str, validators: &str) -> String {
@@ -98,20 +85,13 @@ impl VerdictCache {
     /// Remembers an infected verdict for `sha256` and, when the object has
     /// validators (ETag, Last-Modified), for `url`.
     pub fn remember(&self, sha256: [u8; 32], url: Option<(&str, &str)>, verdict: &Verdict) {
-        let Verdict::Infected {
-            threats, engine, ..
-        } = verdict
-        else {
+        let Verdict::Infected { threats, engine, .. } = verdict else {
             return;
         };
         if self.max == 0 {
             return;
         }
-        let e = Entry {
-            threats: threats.clone(),
-            engine: engine.clone(),
-            expires: Instant::now() + self.ttl,
-        };
+        let e = Entry { threats: threats.clone(), engine: engine.clone(), expires: Instant::now() + self.ttl };
         insert(&self.by_hash, sha256, e.clone(), self.max);
         if let Some((u, v)) = url.filter(|(_, v)| !v.is_empty()) {
             insert(&self.by_url, VerdictCache::key(u, v), e, self.max);
@@ -144,20 +124,13 @@ fn insert<K: std::hash::Hash + Eq>(map: &Mutex<HashMap<K, Entry>>, k: K, e: Entr
     m.insert(k, e);
 }
 
-fn get<K: std::hash::Hash + Eq + ?Sized, Q>(
-    map: &Mutex<HashMap<Q, Entry>>,
-    k: &K,
-) -> Option<Verdict>
+fn get<K: std::hash::Hash + Eq + ?Sized, Q>(map: &Mutex<HashMap<Q, Entry>>, k: &K) -> Option<Verdict>
 where
     Q: std::borrow::Borrow<K> + std::hash::Hash + Eq,
 {
     let m = map.lock().unwrap_or_else(|p| p.into_inner());
     let e = m.get(k).filter(|e| e.expires > Instant::now())?;
-    Some(Verdict::Infected {
-        threats: e.threats.clone(),
-        engine: e.engine.clone(),
-        replacement: None,
-    })
+    Some(Verdict::Infected { threats: e.threats.clone(), engine: e.engine.clone(), replacement: None })
 }
 
 #[cfg(test)]
@@ -166,35 +139,18 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let p = Policy {
-            on_error: Action::Block,
-            on_oversize: Action::Allow,
-        };
+        let p = Policy { on_error: Action::Block, on_oversize: Action::Allow };
         assert_eq!(p.decide(&Verdict::Clean), Decision::Pass);
-        assert!(matches!(
-            p.decide(&Verdict::error(ErrorKind::Unavailable, "down")),
-            Decision::Block(_)
-        ));
-        assert_eq!(
-            p.decide(&Verdict::error(ErrorKind::Oversize, "big")),
-            Decision::Pass
-        );
-        let inf = Verdict::Infected {
-            threats: vec!["X".into()],
-            engine: "clamd".into(),
-            replacement: None,
-        };
+        assert!(matches!(p.decide(&Verdict::error(ErrorKind::Unavailable, "down")), Decision::Block(_)));
+        assert_eq!(p.decide(&Verdict::error(ErrorKind::Oversize, "big")), Decision::Pass);
+        let inf = Verdict::Infected { threats: vec!["X".into()], engine: "clamd".into(), replacement: None };
         assert_eq!(p.decide(&inf), Decision::Block("infected: X".into()));
     }
 
     #[test]
     fn cache_remembers_infected_only() {
         let c = VerdictCache::new(Duration::from_secs(60), 10);
-        let inf = Verdict::Infected {
-            threats: vec!["X".into()],
-            engine: "clamd".into(),
-            replacement: None,
-        };
+        let inf = Verdict::Infected { threats: vec!["X".into()], engine: "clamd".into(), replacement: None };
         c.remember([1; 32], Some(("http://a/x", "\"etag1\"")), &inf);
         c.remember([2; 32], None, &Verdict::Clean);
         assert!(c.by_hash(&[1; 32]).is_some());
@@ -207,11 +163,7 @@ mod tests {
     #[test]
     fn cache_is_bounded() {
         let c = VerdictCache::new(Duration::from_secs(60), 3);
-        let inf = Verdict::Infected {
-            threats: vec!["X".into()],
-            engine: "e".into(),
-            replacement: None,
-        };
+        let inf = Verdict::Infected { threats: vec!["X".into()], engine: "e".into(), replacement: None };
         for i in 0..10u8 {
             c.remember([i; 32], None, &inf);
         }

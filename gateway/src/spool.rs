@@ -35,10 +35,7 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// A budget of `limit` bytes.
     pub fn new(limit: u64) -> Arc<MemoryBudget> {
-        Arc::new(MemoryBudget {
-            limit,
-            used: AtomicU64::new(0),
-        })
+        Arc::new(MemoryBudget { limit, used: AtomicU64::new(0) })
     }
 
     /// Bytes held in memory by all spools now.
@@ -47,11 +44,7 @@ impl MemoryBudget {
     }
 
     fn try_take(&self, n: u64) -> bool {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| {
-                (u + n <= self.limit).then_some(u + n)
-            })
-            .is_ok()
+        self.used.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| (u + n <= self.limit).then_some(u + n)).is_ok()
     }
 
     fn give_back(&self, n: u64) {
@@ -82,12 +75,7 @@ pub struct Spool {
 impl Spool {
     /// An empty spool.
     pub fn new(config: SpoolConfig) -> Spool {
-        Spool {
-            config,
-            memory: Vec::new(),
-            file: None,
-            len: 0,
-        }
+        Spool { config, memory: Vec::new(), file: None, len: 0 }
     }
 
     /// Bytes held.
@@ -109,8 +97,7 @@ impl Spool {
     pub fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         if self.file.is_none() {
             let n = data.len() as u64;
-            if self.memory.len() as u64 + n <= self.config.memory && self.config.budget.try_take(n)
-            {
+            if self.memory.len() as u64 + n <= self.config.memory && self.config.budget.try_take(n) {
                 self.memory.extend_from_slice(data);
                 self.len += n;
                 return Ok(());
@@ -124,10 +111,8 @@ impl Spool {
     }
 
     fn spill(&mut self) -> Result<(), SpoolError> {
-        let mut file =
-            tempfile::tempfile_in(&self.config.dir).map_err(|source| self.err(source))?;
-        file.write_all(&self.memory)
-            .map_err(|source| self.err(source))?;
+        let mut file = tempfile::tempfile_in(&self.config.dir).map_err(|source| self.err(source))?;
+        file.write_all(&self.memory).map_err(|source| self.err(source))?;
         self.config.budget.give_back(self.memory.len() as u64);
         self.memory = Vec::new();
         self.file = Some(file);
@@ -135,26 +120,17 @@ impl Spool {
     }
 
     fn err(&self, source: std::io::Error) -> SpoolError {
-        SpoolError {
-            dir: self.config.dir.clone(),
-            source,
-        }
+        SpoolError { dir: self.config.dir.clone(), source }
     }
 
     /// A reader over the whole body from the start.
     pub fn reader(&mut self) -> Result<SpoolReader<'_>, SpoolError> {
         if let Some(f) = self.file.as_mut() {
             if let Err(source) = f.seek(SeekFrom::Start(0)) {
-                return Err(SpoolError {
-                    dir: self.config.dir.clone(),
-                    source,
-                });
+                return Err(SpoolError { dir: self.config.dir.clone(), source });
             }
         }
-        Ok(SpoolReader {
-            spool: self,
-            pos: 0,
-        })
+        Ok(SpoolReader { spool: self, pos: 0 })
     }
 
     /// The directory this spool writes to.
@@ -195,11 +171,7 @@ mod tests {
     use super::*;
 
     fn config(memory: u64, budget: u64) -> SpoolConfig {
-        SpoolConfig {
-            dir: std::env::temp_dir(),
-            memory,
-            budget: MemoryBudget::new(budget),
-        }
+        SpoolConfig { dir: std::env::temp_dir(), memory, budget: MemoryBudget::new(budget) }
     }
 
     fn read_all(s: &mut Spool) -> Vec<u8> {
@@ -245,11 +217,7 @@ mod tests {
 
     #[test]
     fn unwritable_dir_is_an_error() {
-        let c = SpoolConfig {
-            dir: "/nonexistent/spool".into(),
-            memory: 0,
-            budget: MemoryBudget::new(0),
-        };
+        let c = SpoolConfig { dir: "/nonexistent/spool".into(), memory: 0, budget: MemoryBudget::new(0) };
         let mut s = Spool::new(c);
         let e = s.write(b"x").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/spool"), "{e}");

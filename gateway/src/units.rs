@@ -17,18 +17,14 @@ impl Span {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("duration {s:?} has no unit (use ms, s, m or h)"))?;
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("duration {s:?} does not start with a whole number"))?;
+        let n: u64 = num.parse().map_err(|_| format!("duration {s:?} does not start with a whole number"))?;
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
             _ => {
-                return Err(format!(
-                    "duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"
-                ));
+                return Err(format!("duration {s:?} has unknown unit {unit:?} (use ms, s, m or h)"));
             }
         };
         Ok(Span(d))
@@ -60,23 +56,17 @@ impl Size {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("size {s:?} does not start with a whole number"))?;
+        let n: u64 = num.parse().map_err(|_| format!("size {s:?} does not start with a whole number"))?;
         let mult: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" | "KB" | "K" => 1 << 10,
             "MiB" | "MB" | "M" => 1 << 20,
             "GiB" | "GB" | "G" => 1 << 30,
             other => {
-                return Err(format!(
-                    "size {s:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)"
-                ));
+                return Err(format!("size {s:?} has unknown unit {other:?} (use B, KiB, MiB or GiB)"));
             }
         };
-        n.checked_mul(mult)
-            .map(Size)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 

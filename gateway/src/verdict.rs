@@ -59,10 +59,7 @@ pub enum Verdict {
 impl Verdict {
     /// An error verdict.
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Verdict {
-        Verdict::Error {
-            kind,
-            message: message.into(),
-        }
+        Verdict::Error { kind, message: message.into() }
     }
 
     /// Whether malware was found.

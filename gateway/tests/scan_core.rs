@@ -92,7 +92,11 @@ fn dead_clamd_blocks_by_default_and_passes_with_on_error_allow() {
         let cfg = Scan { on_error: action, ..clamd_config(&clamd, &dir) };
         let scanner = Arc::new(Scanner::new(&cfg).unwrap());
         let done = rt.block_on(scan_in_chunks(&scanner, b"hello", 5, true));
-        assert!(matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Unavailable, .. }), "{:?}", done.outcome.verdict);
+        assert!(
+            matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Unavailable, .. }),
+            "{:?}",
+            done.outcome.verdict
+        );
         assert_eq!(scanner.policy.decide(&done.outcome.verdict) == Decision::Pass, want_pass);
     }
     assert_eq!(Scan::default().on_error, Action::Block, "fail closed by default");
@@ -111,7 +115,11 @@ fn a_full_spool_is_an_error_verdict_not_a_truncated_body() {
     let body: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
     let done = runtime().block_on(scan_in_chunks(&scanner, &body, 65536, true));
     let _ = Command::new("umount").arg(&spool).status();
-    assert!(matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Spool, .. }), "{:?}", done.outcome.verdict);
+    assert!(
+        matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Spool, .. }),
+        "{:?}",
+        done.outcome.verdict
+    );
     assert!(done.body.is_none(), "no partial body is handed out for delivery");
     assert!(matches!(scanner.policy.decide(&done.outcome.verdict), Decision::Block(_)));
 }

@@ -38,10 +38,7 @@ impl Clamd {
         std::fs::create_dir_all(&db)?;
         std::fs::create_dir_all(dir.join("tmp"))?;
         for f in ["gateway-test.ndb", "gateway-test.hdb"] {
-            std::fs::copy(
-                workspace_root().join("tests/data/clamav").join(f),
-                db.join(f),
-            )?;
+            std::fs::copy(workspace_root().join("tests/data/clamav").join(f), db.join(f))?;
         }
         let socket = dir.join("clamd.sock");
         let conf = dir.join("clamd.conf");
@@ -66,21 +63,18 @@ impl Clamd {
             .stderr(std::fs::File::create(dir.join("stderr.log"))?)
             .spawn()
             .context("starting clamd (package clamav-daemon)")?;
-        let mut clamd = Clamd {
-            socket,
-            dir,
-            child: Some(child),
-        };
+        let mut clamd = Clamd { socket, dir, child: Some(child) };
         wait_for("clamd to listen", Duration::from_secs(60), || {
-            std::os::unix::net::UnixStream::connect(&clamd.socket)
-                .ok()
-                .map(|_| ())
+            std::os::unix::net::UnixStream::connect(&clamd.socket).ok().map(|_| ())
         })
-        .with_context(|| {
-            std::fs::read_to_string(clamd.dir.join("clamd.log")).unwrap_or_default()
-        })?;
+        .with_context(|| std::fs::read_to_string(clamd.dir.join("clamd.log")).unwrap_or_default())?;
         let _ = &mut clamd;
         Ok(clamd)
+    }
+
+    /// The clamd process id, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// `unix:SOCKET`, for configs and `--clamd`.

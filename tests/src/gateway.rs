@@ -71,23 +71,14 @@ impl Gateway {
         let mut cmd = rig.cmd(Ns::Gateway, &bin);
         cmd.arg("run").arg("--config").arg(&conf);
         let pid = rig.spawn(cmd, &log)?;
-        let gw = Gateway {
-            pid,
-            log,
-            socket: rig.dir().join("control.sock"),
-            bin,
-            netns: rig.name(Ns::Gateway).to_string(),
-        };
-        wait_for(
-            "the gateway to answer on its control socket",
-            Duration::from_secs(20),
-            || {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    return Some(Err(()));
-                }
-                gw.stats().ok().map(|_| Ok(()))
-            },
-        )?
+        let gw =
+            Gateway { pid, log, socket: rig.dir().join("control.sock"), bin, netns: rig.name(Ns::Gateway).to_string() };
+        wait_for("the gateway to answer on its control socket", Duration::from_secs(20), || {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return Some(Err(()));
+            }
+            gw.stats().ok().map(|_| Ok(()))
+        })?
         .map_err(|()| anyhow::anyhow!("the gateway exited at start: {}", gw.log_text()))?;
         Ok(gw)
     }
@@ -123,8 +114,7 @@ impl Gateway {
 
     /// `gateway expect add|del CLIENT SERVER PORT`.
     pub fn expect(&self, op: &str, client: &str, server: &str, port: u16) -> anyhow::Result<()> {
-        self.ctl(&["expect", op, client, server, &port.to_string()])
-            .map(|_| ())
+        self.ctl(&["expect", op, client, server, &port.to_string()]).map(|_| ())
     }
 
     /// Everything the gateway logged so far.
@@ -134,18 +124,13 @@ impl Gateway {
 
     /// Flow log lines (`kind=… client=… dst=…`).
     pub fn flow_lines(&self) -> Vec<String> {
-        self.log_text()
-            .lines()
-            .filter(|l| l.contains(" flow] "))
-            .map(str::to_owned)
-            .collect()
+        self.log_text().lines().filter(|l| l.contains(" flow] ")).map(str::to_owned).collect()
     }
 
     /// Sends `signal` and waits for the process to exit.
     pub fn stop(self, rig: &mut Rig, signal: i32) -> anyhow::Result<std::process::ExitStatus> {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.pid as i32, signal) };
-        rig.wait(self.pid)
-            .context("the gateway was not a child of this rig")
+        rig.wait(self.pid).context("the gateway was not a child of this rig")
     }
 }

@@ -32,15 +32,10 @@ impl Nginx {
         std::fs::create_dir_all(&uploads)?;
         std::fs::create_dir_all(dir.join("tmp"))?;
         let access_log = dir.join("access.log");
-        let listen: String = ports
-            .iter()
-            .map(|p| format!("    listen {p} reuseport;\n    listen [::]:{p} reuseport;\n"))
-            .collect();
-        let process = if workers == 0 {
-            "master_process off;\n".to_string()
-        } else {
-            format!("worker_processes {workers};\n")
-        };
+        let listen: String =
+            ports.iter().map(|p| format!("    listen {p} reuseport;\n    listen [::]:{p} reuseport;\n")).collect();
+        let process =
+            if workers == 0 { "master_process off;\n".to_string() } else { format!("worker_processes {workers};\n") };
         let conf = format!(
             r#"daemon off;
 {process}user root;
@@ -75,50 +70,32 @@ http {{
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
         let mut cmd = rig.cmd(Ns::Server, "nginx");
-        cmd.arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.join("error.log"));
+        cmd.arg("-c").arg(&conf_path).arg("-e").arg(dir.join("error.log"));
         let pid = rig.spawn(cmd, &dir.join("stdout.log"))?;
         let port = ports.first().copied().unwrap_or(80).to_string();
         wait_for("nginx to listen", Duration::from_secs(10), || {
-            let out = rig
-                .run(Ns::Server, "ss", &["-Hltn", &format!("sport = :{port}")])
-                .ok()?;
+            let out = rig.run(Ns::Server, "ss", &["-Hltn", &format!("sport = :{port}")]).ok()?;
             (!out.stdout.is_empty()).then_some(())
         })
         .with_context(|| std::fs::read_to_string(dir.join("error.log")).unwrap_or_default())?;
-        Ok(Nginx {
-            www,
-            uploads,
-            access_log,
-            pid,
-        })
+        Ok(Nginx { www, uploads, access_log, pid })
     }
 
     /// The access log's lines.
     pub fn log_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        std::fs::read_to_string(&self.access_log).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
     /// The remote address nginx saw for the last request of `uri`.
     /// nginx writes the log line when the response is done, so wait a little.
     pub fn last_peer(&self, uri: &str) -> anyhow::Result<String> {
-        wait_for(
-            &format!("an access log line for {uri}"),
-            Duration::from_secs(5),
-            || {
-                self.log_lines().iter().rev().find_map(|l| {
-                    let mut f = l.split(' ');
-                    let peer = f.next()?;
-                    let _method = f.next()?;
-                    (f.next()? == uri).then(|| peer.to_string())
-                })
-            },
-        )
+        wait_for(&format!("an access log line for {uri}"), Duration::from_secs(5), || {
+            self.log_lines().iter().rev().find_map(|l| {
+                let mut f = l.split(' ');
+                let peer = f.next()?;
+                let _method = f.next()?;
+                (f.next()? == uri).then(|| peer.to_string())
+            })
+        })
     }
 }

@@ -63,20 +63,11 @@ static SERIAL: AtomicU32 = AtomicU32::new(0);
 impl Rig {
     /// Builds a rig whose names start with `tag` (unique per test).
     pub fn new(tag: &str) -> anyhow::Result<Rig> {
-        let id = format!(
-            "gw{}-{}-{}",
-            tag,
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = format!("gw{}-{}-{}", tag, std::process::id(), SERIAL.fetch_add(1, Ordering::Relaxed));
         let names = [format!("{id}-c"), format!("{id}-g"), format!("{id}-s")];
         let dir = std::env::temp_dir().join(&id);
         // Construct first so that Drop cleans up whatever part was made.
-        let rig = Rig {
-            names,
-            dir,
-            children: Vec::new(),
-        };
+        let rig = Rig { names, dir, children: Vec::new() };
         std::fs::create_dir_all(&rig.dir)?;
         rig.build().with_context(|| format!("building rig {id}"))?;
         Ok(rig)
@@ -92,20 +83,8 @@ impl Rig {
         }
         // Create the veths directly in their namespaces: no name is ever
         // taken in the root namespace, so rigs can be built in parallel.
-        self.ip(
-            g,
-            &format!(
-                "link add cli0 type veth peer name eth0 netns {}",
-                self.name(c)
-            ),
-        )?;
-        self.ip(
-            g,
-            &format!(
-                "link add srv0 type veth peer name eth0 netns {}",
-                self.name(s)
-            ),
-        )?;
+        self.ip(g, &format!("link add cli0 type veth peer name eth0 netns {}", self.name(c)))?;
+        self.ip(g, &format!("link add srv0 type veth peer name eth0 netns {}", self.name(s)))?;
 
         self.ip(c, "addr add 198.18.0.2/24 dev eth0")?;
         for i in CLIENT_V4_EXTRA {
@@ -125,11 +104,7 @@ impl Rig {
         self.ip(c, "-6 route add default via fd00:18::1")?;
         self.ip(s, "route add default via 198.19.0.1")?;
         self.ip(s, "-6 route add default via fd00:19::1")?;
-        run_ok(self.cmd(g, "sysctl").args([
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv6.conf.all.forwarding=1",
-        ]))?;
+        run_ok(self.cmd(g, "sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]))?;
         Ok(())
     }
 
@@ -145,12 +120,7 @@ impl Rig {
 
     /// `ip -n NS <args>`.
     pub fn ip(&self, ns: Ns, args: &str) -> anyhow::Result<Output> {
-        run_ok(
-            Command::new("ip")
-                .arg("-n")
-                .arg(self.name(ns))
-                .args(args.split_whitespace()),
-        )
+        run_ok(Command::new("ip").arg("-n").arg(self.name(ns)).args(args.split_whitespace()))
     }
 
     /// A command that runs `program` inside `ns`.
@@ -162,10 +132,7 @@ impl Rig {
 
     /// Runs `program args…` in `ns` and returns its output (any status).
     pub fn run(&self, ns: Ns, program: &str, args: &[&str]) -> anyhow::Result<Output> {
-        self.cmd(ns, program)
-            .args(args)
-            .output()
-            .with_context(|| format!("running {program} in {ns:?}"))
+        self.cmd(ns, program).args(args).output().with_context(|| format!("running {program} in {ns:?}"))
     }
 
     /// Starts a long-running process in `ns`; it is killed when the rig drops.

@@ -73,11 +73,7 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Output> {
 
 /// Polls `f` until it returns `Some`, or fails after `limit` with `what`.
 /// For waiting on state (a process ready, a rule gone), never for timing.
-pub fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -92,8 +88,5 @@ pub fn wait_for<T>(
 
 /// The workspace root (for finding binaries and test data).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }

@@ -33,10 +33,7 @@ fn setup(tag: &str) -> anyhow::Result<Env> {
     // EICAR at the very end of a 10 MiB file.
     let big = files.join("tail-10m");
     random_file(&big, 10 << 20, 6)?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&big)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, &e))?;
+    std::fs::OpenOptions::new().append(true).open(&big).and_then(|mut f| std::io::Write::write_all(&mut f, &e))?;
     // Archives made by Python's own zipfile and gzip.
     let py = format!(
         "import zipfile,gzip\ndata=open('{f}/eicar.com','rb').read()\n\
@@ -44,20 +41,9 @@ fn setup(tag: &str) -> anyhow::Result<Env> {
          open('{f}/eicar.gz','wb').write(gzip.compress(data))\n",
         f = files.display()
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &py])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "making archives: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(Env {
-        rig,
-        clamd,
-        icap,
-        files,
-    })
+    let out = std::process::Command::new("python3").args(["-c", &py]).output()?;
+    anyhow::ensure!(out.status.success(), "making archives: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(Env { rig, clamd, icap, files })
 }
 
 impl Env {
@@ -83,10 +69,7 @@ fn lines(o: &Output) -> Vec<String> {
 }
 
 fn both(env: &Env) -> [(&'static str, Vec<String>); 2] {
-    [
-        ("clamd", vec!["--clamd".into(), env.clamd.addr()]),
-        ("icap", vec!["--icap".into(), env.icap.url.clone()]),
-    ]
+    [("clamd", vec!["--clamd".into(), env.clamd.addr()]), ("icap", vec!["--icap".into(), env.icap.url.clone()])]
 }
 
 #[test]
@@ -94,32 +77,12 @@ fn finds_eicar_alone_zipped_gzipped_and_at_the_end_of_10_mib() -> anyhow::Result
     let env = setup("scan1")?;
     for (name, args) in both(&env) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = env.scan(
-            &args,
-            &[
-                "eicar.com",
-                "eicar.zip",
-                "eicar.gz",
-                "tail-10m",
-                "clean-1m",
-                "empty",
-            ],
-        )?;
+        let out = env.scan(&args, &["eicar.com", "eicar.zip", "eicar.gz", "tail-10m", "clean-1m", "empty"])?;
         let l = lines(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{name}: {l:?} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for (i, f) in ["eicar.com", "eicar.zip", "eicar.gz", "tail-10m"]
-            .iter()
-            .enumerate()
-        {
+        assert_eq!(out.status.code(), Some(1), "{name}: {l:?} {}", String::from_utf8_lossy(&out.stderr));
+        for (i, f) in ["eicar.com", "eicar.zip", "eicar.gz", "tail-10m"].iter().enumerate() {
             assert!(
-                l[i].starts_with(&format!("{f}: "))
-                    && l[i].ends_with(" FOUND")
-                    && l[i].contains("Test.EICAR"),
+                l[i].starts_with(&format!("{f}: ")) && l[i].ends_with(" FOUND") && l[i].contains("Test.EICAR"),
                 "{name}: {}",
                 l[i]
             );
@@ -135,27 +98,11 @@ fn exit_status_follows_clamdscan() -> anyhow::Result<()> {
     let env = setup("scan2")?;
     for (name, args) in both(&env) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        assert_eq!(
-            env.scan(&args, &["clean-1m", "empty"])?.status.code(),
-            Some(0),
-            "{name}: all clean"
-        );
-        assert_eq!(
-            env.scan(&args, &["clean-1m", "eicar.com"])?.status.code(),
-            Some(1),
-            "{name}: infected"
-        );
+        assert_eq!(env.scan(&args, &["clean-1m", "empty"])?.status.code(), Some(0), "{name}: all clean");
+        assert_eq!(env.scan(&args, &["clean-1m", "eicar.com"])?.status.code(), Some(1), "{name}: infected");
         let out = env.scan(&args, &["eicar.com", "missing"])?;
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{name}: an error outranks an infection"
-        );
-        assert!(
-            lines(&out)[1].starts_with("missing: ERROR cannot open"),
-            "{:?}",
-            lines(&out)
-        );
+        assert_eq!(out.status.code(), Some(2), "{name}: an error outranks an infection");
+        assert!(lines(&out)[1].starts_with("missing: ERROR cannot open"), "{:?}", lines(&out));
     }
     Ok(())
 }
@@ -166,11 +113,7 @@ fn a_dead_clamd_is_an_error_not_clean() -> anyhow::Result<()> {
     env.clamd.stop();
     let out = env.scan(&["--clamd", &env.clamd.addr()], &["clean-1m"])?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        lines(&out)[0].starts_with("clean-1m: ERROR unavailable"),
-        "{:?}",
-        lines(&out)
-    );
+    assert!(lines(&out)[0].starts_with("clean-1m: ERROR unavailable"), "{:?}", lines(&out));
     // c-icap in front of the dead clamd must not turn into "clean" either.
     let out = env.scan(&["--icap", &env.icap.url], &["eicar.com"])?;
     assert_ne!(out.status.code(), Some(0), "{:?}", lines(&out));
@@ -184,24 +127,11 @@ fn oversize_bodies_are_reported_as_oversize() -> anyhow::Result<()> {
     let small = Clamd::start(env.rig.dir().join("clamd-small"), "1M")?;
     let out = env.scan(&["--clamd", &small.addr()], &["tail-10m"])?;
     assert_eq!(out.status.code(), Some(2), "{:?}", lines(&out));
-    assert!(
-        lines(&out)[0].starts_with("tail-10m: ERROR oversize"),
-        "{:?}",
-        lines(&out)
-    );
+    assert!(lines(&out)[0].starts_with("tail-10m: ERROR oversize"), "{:?}", lines(&out));
     // The gateway's own max_scan_size.
     let conf = env.rig.dir().join("small.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[scan]\nclamd = \"{}\"\nmax_scan_size = \"1MiB\"\n",
-            env.clamd.addr()
-        ),
-    )?;
-    let out = env.scan(
-        &["--config", &conf.to_string_lossy()],
-        &["tail-10m", "eicar.com"],
-    )?;
+    std::fs::write(&conf, format!("[scan]\nclamd = \"{}\"\nmax_scan_size = \"1MiB\"\n", env.clamd.addr()))?;
+    let out = env.scan(&["--config", &conf.to_string_lossy()], &["tail-10m", "eicar.com"])?;
     assert!(
         lines(&out)[0].starts_with("tail-10m: ERROR oversize (body larger than max_scan_size"),
         "{:?}",
@@ -226,16 +156,10 @@ fn fake_icap(rig: &mut Rig, port: u16, reply: Option<&str>) -> anyhow::Result<()
     cmd.args(["-c", &py]);
     let log = rig.dir().join(format!("fake-icap-{port}.log"));
     rig.spawn(cmd, &log)?;
-    tests::util::wait_for(
-        "the fake ICAP port",
-        std::time::Duration::from_secs(10),
-        || {
-            let out = rig
-                .run(Ns::Server, "ss", &["-Hltn", &format!("sport = :{port}")])
-                .ok()?;
-            (!out.stdout.is_empty()).then_some(())
-        },
-    )
+    tests::util::wait_for("the fake ICAP port", std::time::Duration::from_secs(10), || {
+        let out = rig.run(Ns::Server, "ss", &["-Hltn", &format!("sport = :{port}")]).ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })
 }
 
 #[test]
@@ -250,10 +174,7 @@ fn a_silent_icap_service_times_out_and_fails_over() -> anyhow::Result<()> {
             env.icap.url
         ),
     )?;
-    let out = env.scan(
-        &["--config", &conf.to_string_lossy()],
-        &["eicar.com", "clean-1m"],
-    )?;
+    let out = env.scan(&["--config", &conf.to_string_lossy()], &["eicar.com", "clean-1m"])?;
     assert_eq!(
         lines(&out),
         ["eicar.com: Test.EICAR.NDB.UNOFFICIAL FOUND", "clean-1m: OK"],
@@ -268,11 +189,7 @@ fn a_silent_icap_service_times_out_and_fails_over() -> anyhow::Result<()> {
     )?;
     let out = env.scan(&["--config", &only.to_string_lossy()], &["clean-1m"])?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        lines(&out)[0].starts_with("clean-1m: ERROR timeout"),
-        "{:?}",
-        lines(&out)
-    );
+    assert!(lines(&out)[0].starts_with("clean-1m: ERROR timeout"), "{:?}", lines(&out));
     Ok(())
 }
 
@@ -280,25 +197,13 @@ fn a_silent_icap_service_times_out_and_fails_over() -> anyhow::Result<()> {
 fn malformed_icap_answers_are_clear_errors() -> anyhow::Result<()> {
     let mut env = setup("scan6")?;
     fake_icap(&mut env.rig, 1346, Some("HTTP/1.1 200 OK\r\n\r\n"))?;
-    fake_icap(
-        &mut env.rig,
-        1347,
-        Some("ICAP/1.0 200 OK\r\nMethods: RESPMOD\r\nbroken header line\r\n\r\n"),
-    )?;
-    for (port, want) in [
-        (1346, "status line \"HTTP/1.1 200 OK\""),
-        (1347, "header line \"broken header line\""),
-    ] {
-        let out = env.scan(
-            &["--icap", &format!("icap://127.0.0.1:{port}/x")],
-            &["clean-1m"],
-        )?;
+    fake_icap(&mut env.rig, 1347, Some("ICAP/1.0 200 OK\r\nMethods: RESPMOD\r\nbroken header line\r\n\r\n"))?;
+    for (port, want) in [(1346, "status line \"HTTP/1.1 200 OK\""), (1347, "header line \"broken header line\"")] {
+        let out = env.scan(&["--icap", &format!("icap://127.0.0.1:{port}/x")], &["clean-1m"])?;
         assert_eq!(out.status.code(), Some(2));
         let l = &lines(&out)[0];
         assert!(
-            l.starts_with("clean-1m: ERROR protocol")
-                && l.contains("malformed ICAP response")
-                && l.contains(want),
+            l.starts_with("clean-1m: ERROR protocol") && l.contains("malformed ICAP response") && l.contains(want),
             "{l}"
         );
     }

@@ -15,11 +15,7 @@ use tests::{
 };
 
 fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// GETs `url` into `dest` in the rig dir and returns its sha256.
@@ -41,27 +37,14 @@ fn intercepts_http_and_keeps_bytes_identical() -> anyhow::Result<()> {
     let sizes: [(&str, u64); 4] = [("0b", 0), ("1b", 1), ("1m", 1 << 20), ("100m", 100 << 20)];
     let mut want = Vec::new();
     for (i, (name, len)) in sizes.iter().enumerate() {
-        want.push(sha256_file(&random_file(
-            &nginx.www.join(name),
-            *len,
-            i as u64 + 7,
-        )?)?);
+        want.push(sha256_file(&random_file(&nginx.www.join(name), *len, i as u64 + 7)?)?);
     }
     let gw = Gateway::start(&mut rig, "", "")?;
 
     for ((name, _), want) in sizes.iter().zip(&want) {
-        let got = download(
-            &rig,
-            &format!("http://{SERVER_V4}/{name}"),
-            &format!("got-{name}"),
-            &[],
-        )?;
+        let got = download(&rig, &format!("http://{SERVER_V4}/{name}"), &format!("got-{name}"), &[])?;
         assert_eq!(&got, want, "download of {name} differs");
-        assert_eq!(
-            nginx.last_peer(&format!("/{name}"))?,
-            GW_SERVER_V4,
-            "{name} was not intercepted"
-        );
+        assert_eq!(nginx.last_peer(&format!("/{name}"))?, GW_SERVER_V4, "{name} was not intercepted");
     }
 
     // Upload 50 MiB with PUT; nginx stores it.
@@ -76,11 +59,7 @@ fn intercepts_http_and_keeps_bytes_identical() -> anyhow::Result<()> {
         &format!("http://{SERVER_V4}/upload/up50m"),
     ])?;
     ensure!(out.status.success(), "upload: {}", text(&out));
-    assert_eq!(
-        sha256_file(&nginx.uploads.join("up50m"))?,
-        sha256_file(&up)?,
-        "upload differs"
-    );
+    assert_eq!(sha256_file(&nginx.uploads.join("up50m"))?, sha256_file(&up)?, "upload differs");
     assert_eq!(nginx.last_peer("/upload/up50m")?, GW_SERVER_V4);
 
     // The gateway logged each flow with the original destination and counted it.
@@ -88,26 +67,12 @@ fn intercepts_http_and_keeps_bytes_identical() -> anyhow::Result<()> {
         let l = gw.flow_lines();
         (l.len() >= 5).then_some(l)
     })?;
-    assert!(
-        flows
-            .iter()
-            .all(|l| l.contains("kind=http") && l.contains(&format!("dst={SERVER_V4}:80"))),
-        "{flows:#?}"
-    );
+    assert!(flows.iter().all(|l| l.contains("kind=http") && l.contains(&format!("dst={SERVER_V4}:80"))), "{flows:#?}");
     let field = |l: &str, key: &str| -> u64 {
-        l.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+        l.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap_or(0)
     };
-    assert!(
-        flows.iter().any(|l| field(l, "down=") > 100 << 20),
-        "no 100 MiB flow logged: {flows:#?}"
-    );
-    assert!(
-        flows.iter().any(|l| field(l, "up=") > 50 << 20),
-        "no 50 MiB upload logged: {flows:#?}"
-    );
+    assert!(flows.iter().any(|l| field(l, "down=") > 100 << 20), "no 100 MiB flow logged: {flows:#?}");
+    assert!(flows.iter().any(|l| field(l, "up=") > 50 << 20), "no 50 MiB upload logged: {flows:#?}");
     assert!(gw.counter("/proxy/flows_total")? >= 5);
     assert!(gw.counter("/kernel/steer/listener/packets")? >= 5);
     assert!(gw.counter("/kernel/steer/established/packets")? > 0);
@@ -134,11 +99,7 @@ fn unsteered_port_udp_and_icmp_are_forwarded_untouched() -> anyhow::Result<()> {
     let gw = Gateway::start(&mut rig, "", "")?;
 
     download(&rig, &format!("http://{SERVER_V4}:8080/f"), "f", &[])?;
-    assert_eq!(
-        nginx.last_peer("/f")?,
-        CLIENT_V4,
-        "port 8080 must not be steered"
-    );
+    assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "port 8080 must not be steered");
 
     // UDP: a real socket server that answers with the address it saw.
     let echo = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',80))\nwhile True:\n d,a=s.recvfrom(100)\n s.sendto(a[0].encode(),a)\n";
@@ -150,22 +111,13 @@ fn unsteered_port_udp_and_icmp_are_forwarded_untouched() -> anyhow::Result<()> {
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(20):\n try:\n  s.sendto(b'x',('{SERVER_V4}',80)); print(s.recv(100).decode()); break\n except OSError: pass\n"
     );
     let out = rig.run(Ns::Client, "python3", &["-c", &ask])?;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        CLIENT_V4,
-        "UDP to port 80: {}",
-        text(&out)
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), CLIENT_V4, "UDP to port 80: {}", text(&out));
 
     let out = rig.run(Ns::Client, "ping", &["-c", "2", "-W", "2", SERVER_V4])?;
     assert!(out.status.success(), "ping: {}", text(&out));
     assert!(gw.counter("/kernel/xdp/icmp/packets")? >= 2);
     assert!(gw.counter("/kernel/xdp/udp/packets")? >= 1);
-    assert_eq!(
-        gw.counter("/proxy/flows_total")?,
-        0,
-        "nothing should have reached the proxy"
-    );
+    assert_eq!(gw.counter("/proxy/flows_total")?, 0, "nothing should have reached the proxy");
     Ok(())
 }
 
@@ -174,54 +126,18 @@ fn bypassed_prefix_is_not_steered_and_blocked_prefix_is_dropped() -> anyhow::Res
     let mut rig = Rig::new("bpbl")?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     random_file(&nginx.www.join("f"), 1000, 1)?;
-    let gw = Gateway::start(
-        &mut rig,
-        "bypass = [\"198.18.0.3/32\"]\nblock = [\"198.18.0.4/32\", \"fd00:18::4/128\"]",
-        "",
-    )?;
+    let gw =
+        Gateway::start(&mut rig, "bypass = [\"198.18.0.3/32\"]\nblock = [\"198.18.0.4/32\", \"fd00:18::4/128\"]", "")?;
 
-    download(
-        &rig,
-        &format!("http://{SERVER_V4}/f"),
-        "a",
-        &["--interface", "198.18.0.3"],
-    )?;
-    assert_eq!(
-        nginx.last_peer("/f")?,
-        "198.18.0.3",
-        "bypassed client was steered"
-    );
-    download(
-        &rig,
-        &format!("http://{SERVER_V4}/f"),
-        "b",
-        &["--interface", CLIENT_V4],
-    )?;
-    assert_eq!(
-        nginx.last_peer("/f")?,
-        GW_SERVER_V4,
-        "normal client was not steered"
-    );
+    download(&rig, &format!("http://{SERVER_V4}/f"), "a", &["--interface", "198.18.0.3"])?;
+    assert_eq!(nginx.last_peer("/f")?, "198.18.0.3", "bypassed client was steered");
+    download(&rig, &format!("http://{SERVER_V4}/f"), "b", &["--interface", CLIENT_V4])?;
+    assert_eq!(nginx.last_peer("/f")?, GW_SERVER_V4, "normal client was not steered");
     assert!(gw.counter("/kernel/steer/bypassed/packets")? > 0);
 
-    let out = rig.curl(&[
-        "-sS",
-        "-m",
-        "2",
-        "--interface",
-        "198.18.0.4",
-        &format!("http://{SERVER_V4}/f"),
-    ])?;
-    assert!(
-        !out.status.success(),
-        "blocked client got through: {}",
-        text(&out)
-    );
-    let out = rig.run(
-        Ns::Client,
-        "ping",
-        &["-c", "1", "-W", "1", "-I", "198.18.0.4", SERVER_V4],
-    )?;
+    let out = rig.curl(&["-sS", "-m", "2", "--interface", "198.18.0.4", &format!("http://{SERVER_V4}/f")])?;
+    assert!(!out.status.success(), "blocked client got through: {}", text(&out));
+    let out = rig.run(Ns::Client, "ping", &["-c", "1", "-W", "1", "-I", "198.18.0.4", SERVER_V4])?;
     assert!(!out.status.success(), "blocked ping got through");
     assert!(gw.counter("/kernel/xdp/blocked/packets")? >= 2);
     Ok(())
@@ -243,29 +159,16 @@ fn expectation_steers_a_port_chosen_at_run_time() -> anyhow::Result<()> {
     gw.expect("add", CLIENT_V4, SERVER_V4, port)?;
     assert_eq!(gw.counter("/expectations")?, 1);
     download(&rig, &url, "b", &[])?;
-    assert_eq!(
-        nginx.last_peer("/f")?,
-        GW_SERVER_V4,
-        "expected connection was not steered"
-    );
+    assert_eq!(nginx.last_peer("/f")?, GW_SERVER_V4, "expected connection was not steered");
     let flows = wait_for("an ftp-data flow line", Duration::from_secs(5), || {
-        gw.flow_lines()
-            .into_iter()
-            .find(|l| l.contains("kind=ftp-data"))
+        gw.flow_lines().into_iter().find(|l| l.contains("kind=ftp-data"))
     })?;
-    assert!(
-        flows.contains(&format!("dst={SERVER_V4}:{port}")),
-        "{flows}"
-    );
+    assert!(flows.contains(&format!("dst={SERVER_V4}:{port}")), "{flows}");
 
     gw.expect("del", CLIENT_V4, SERVER_V4, port)?;
     assert_eq!(gw.counter("/expectations")?, 0);
     download(&rig, &url, "c", &[])?;
-    assert_eq!(
-        nginx.last_peer("/f")?,
-        CLIENT_V4,
-        "removed expectation still steers"
-    );
+    assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "removed expectation still steers");
     Ok(())
 }
 
@@ -278,16 +181,9 @@ fn refused_upstream_resets_the_client() -> anyhow::Result<()> {
     // The handshake with the gateway completes, then the reset arrives:
     // curl reports 56 (reset while receiving) or 7 (reset before it got
     // to send); 28 would mean a hang.
-    assert!(
-        matches!(out.status.code(), Some(56 | 7)),
-        "{:?} {}",
-        out.status,
-        text(&out)
-    );
+    assert!(matches!(out.status.code(), Some(56 | 7)), "{:?} {}", out.status, text(&out));
     let line = wait_for("the flow line", Duration::from_secs(5), || {
-        gw.flow_lines()
-            .into_iter()
-            .find(|l| l.contains("upstream-failed"))
+        gw.flow_lines().into_iter().find(|l| l.contains("upstream-failed"))
     })?;
     assert!(line.contains(&format!("dst={SERVER_V4}:81")), "{line}");
     Ok(())
@@ -317,10 +213,7 @@ fn teardown(signal: i32, tag: &str) -> anyhow::Result<()> {
     random_file(&nginx.www.join("f"), 1000, 1)?;
     let gw = Gateway::start(&mut rig, "", "")?;
     let link = text(&rig.ip(Ns::Gateway, &format!("-d link show {CLIENT_IFACE}"))?);
-    assert!(
-        link.contains("xdpgeneric"),
-        "XDP program not attached: {link}"
-    );
+    assert!(link.contains("xdpgeneric"), "XDP program not attached: {link}");
     download(&rig, &format!("http://{SERVER_V4}/f"), "a", &[])?;
     assert_eq!(nginx.last_peer("/f")?, GW_SERVER_V4);
 
@@ -330,11 +223,7 @@ fn teardown(signal: i32, tag: &str) -> anyhow::Result<()> {
     }
     assert_nothing_left(&rig)?;
     download(&rig, &format!("http://{SERVER_V4}/f"), "b", &[]).context("forwarding after exit")?;
-    assert_eq!(
-        nginx.last_peer("/f")?,
-        CLIENT_V4,
-        "traffic still steered after exit"
-    );
+    assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "traffic still steered after exit");
     Ok(())
 }
 
@@ -393,9 +282,7 @@ for r in range(3):
     .replace("PORT", &port.to_string());
     let out = rig.run(Ns::Client, "python3", &["-c", &script])?;
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(),
         ["200", "200", "200"],
         "{}",
         text(&out)

@@ -14,11 +14,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn out_text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 /// Median MiB/s of `RUNS` curl transfers; `upload` is a file to PUT.
@@ -57,9 +53,7 @@ fn rate(rig: &Rig, url: &str, seconds: u32, keepalive: bool) -> anyhow::Result<(
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
     let pct = |p: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(p).map(|v| wrk_ms(v.trim())))
-            .unwrap_or(f64::NAN)
+        text.lines().find_map(|l| l.trim().strip_prefix(p).map(|v| wrk_ms(v.trim()))).unwrap_or(f64::NAN)
     };
     Ok((rps, pct("50%"), pct("99%")))
 }
@@ -110,10 +104,7 @@ pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
     let steered = measure(&rig, &big, &upload, seconds)?;
     let flows = gw.counter("/proxy/flows_total")?;
     gw.stop(&mut rig, libc::SIGTERM)?;
-    ensure!(
-        flows > 0,
-        "the gateway relayed no flow: the steered figures would be direct ones"
-    );
+    ensure!(flows > 0, "the gateway relayed no flow: the steered figures would be direct ones");
 
     println!("\n| figure | direct forwarding | steered relay | ratio |");
     println!("|---|---|---|---|");
@@ -129,20 +120,9 @@ pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
         steered.up,
         steered.up / direct.up
     );
-    for (name, d, s) in [
-        ("keep-alive", direct.ka, steered.ka),
-        ("new connection each", direct.close, steered.close),
-    ] {
-        println!(
-            "| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× |",
-            d.0,
-            s.0,
-            s.0 / d.0
-        );
-        println!(
-            "| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | |",
-            d.1, d.2, s.1, s.2
-        );
+    for (name, d, s) in [("keep-alive", direct.ka, steered.ka), ("new connection each", direct.close, steered.close)] {
+        println!("| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× |", d.0, s.0, s.0 / d.0);
+        println!("| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | |", d.1, d.2, s.1, s.2);
     }
     println!("\n(flows relayed by the gateway during the steered run: {flows})");
     Ok(())

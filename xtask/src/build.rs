@@ -17,9 +17,7 @@ pub fn gateway() -> anyhow::Result<()> {
         .status()
         .context("running cargo build")?;
     if !status.success() {
-        bail!(
-            "building the gateway failed ({status}); if the eBPF build is what failed, run `cargo xtask setup`"
-        );
+        bail!("building the gateway failed ({status}); if the eBPF build is what failed, run `cargo xtask setup`");
     }
     Ok(())
 }

@@ -24,48 +24,19 @@ pub fn run() -> anyhow::Result<()> {
     random_file(&nginx.www.join("100m.bin"), 100 << 20, 1)?;
     random_file(&nginx.www.join("1m.bin"), 1 << 20, 2)?;
     let upload = random_file(&rig.dir().join("10m.bin"), 10 << 20, 3)?;
-    println!(
-        "rig: client {CLIENT_V4} → gateway (namespace {}) → server {SERVER_V4}",
-        rig.name(Ns::Gateway)
-    );
+    println!("rig: client {CLIENT_V4} → gateway (namespace {}) → server {SERVER_V4}", rig.name(Ns::Gateway));
     println!("gateway: built-in defaults (config/gateway.toml), steering on cli0\n");
     let gw = Gateway::start(&mut rig, "", "")?;
 
     let mut rows = Vec::new();
     for (what, url, file, path) in [
-        (
-            "GET 100 MiB, port 80 (steered)",
-            format!("http://{SERVER_V4}/100m.bin"),
-            "100m.bin",
-            "/100m.bin",
-        ),
-        (
-            "GET 1 MiB over IPv6 (steered)",
-            format!("http://[{SERVER_V6}]/1m.bin"),
-            "1m.bin",
-            "/1m.bin",
-        ),
-        (
-            "GET 1 MiB, port 8080 (not steered)",
-            format!("http://{SERVER_V4}:8080/1m.bin"),
-            "1m.bin",
-            "/1m.bin",
-        ),
+        ("GET 100 MiB, port 80 (steered)", format!("http://{SERVER_V4}/100m.bin"), "100m.bin", "/100m.bin"),
+        ("GET 1 MiB over IPv6 (steered)", format!("http://[{SERVER_V6}]/1m.bin"), "1m.bin", "/1m.bin"),
+        ("GET 1 MiB, port 8080 (not steered)", format!("http://{SERVER_V4}:8080/1m.bin"), "1m.bin", "/1m.bin"),
     ] {
         let dest = rig.dir().join(format!("got-{file}"));
-        let out = rig.curl(&[
-            "-sS",
-            "-o",
-            &dest.to_string_lossy(),
-            "-w",
-            "%{http_code} %{speed_download}",
-            &url,
-        ])?;
-        ensure!(
-            out.status.success(),
-            "curl {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = rig.curl(&["-sS", "-o", &dest.to_string_lossy(), "-w", "%{http_code} %{speed_download}", &url])?;
+        ensure!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
         let w = String::from_utf8_lossy(&out.stdout).to_string();
         let (code, speed) = w.split_once(' ').unwrap_or((&w, "0"));
         let same = sha256_file(&dest)? == sha256_file(&nginx.www.join(file))?;
@@ -98,10 +69,7 @@ pub fn run() -> anyhow::Result<()> {
         seen_by_server: nginx.last_peer("/upload/10m.bin")?,
     });
 
-    println!(
-        "{:<38} {:<42} {}",
-        "what the client did", "result", "server saw the connection from"
-    );
+    println!("{:<38} {:<42} {}", "what the client did", "result", "server saw the connection from");
     println!("{}", "-".repeat(110));
     for r in &rows {
         println!("{:<38} {:<42} {}", r.what, r.result, r.seen_by_server);
@@ -114,8 +82,7 @@ pub fn run() -> anyhow::Result<()> {
     );
     println!(
         "  TC steering: to listener {} packets, to established sockets {} packets",
-        stats["kernel"]["steer"]["listener"]["packets"],
-        stats["kernel"]["steer"]["established"]["packets"]
+        stats["kernel"]["steer"]["listener"]["packets"], stats["kernel"]["steer"]["established"]["packets"]
     );
     println!(
         "  XDP: tcp {} udp {} icmp {} blocked {} packets",
@@ -128,8 +95,7 @@ pub fn run() -> anyhow::Result<()> {
     for l in gw.flow_lines() {
         println!("  {l}");
     }
-    gw.stop(&mut rig, libc::SIGTERM)
-        .context("stopping the gateway")?;
+    gw.stop(&mut rig, libc::SIGTERM).context("stopping the gateway")?;
     Ok(())
 }
 
@@ -139,10 +105,7 @@ pub fn interactive() -> anyhow::Result<()> {
     let nginx = Nginx::start(&mut rig, &[80, 8080], 1)?;
     random_file(&nginx.www.join("1m.bin"), 1 << 20, 2)?;
     let gw = Gateway::start(&mut rig, "", "")?;
-    println!(
-        "client:  ip netns exec {} curl http://{SERVER_V4}/1m.bin -o /dev/null",
-        rig.name(Ns::Client)
-    );
+    println!("client:  ip netns exec {} curl http://{SERVER_V4}/1m.bin -o /dev/null", rig.name(Ns::Client));
     println!(
         "gateway: ip netns exec {} {} stats --socket {}",
         rig.name(Ns::Gateway),

@@ -7,6 +7,7 @@
 //! * `rig` builds a rig and waits, for poking at by hand.
 
 mod bench;
+mod bench_scan;
 mod build;
 mod demo;
 mod setup;
@@ -34,8 +35,9 @@ enum Command {
     Demo,
     /// Benchmarks on the rig.
     Bench {
-        /// What to measure.
-        #[arg(value_parser = ["relay"])]
+        /// What to measure: `relay` (steering + relay vs direct forwarding)
+        /// or `scan` (the scanning core vs clamd's own rate and c-icap-client).
+        #[arg(value_parser = ["relay", "scan"])]
         what: String,
         /// Transfer size in MiB for the bulk figures.
         #[arg(long, default_value_t = 1024)]
@@ -50,7 +52,12 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The rig helpers find the binary through GATEWAY_BIN; xtask always
+    // means the release build it makes.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("GATEWAY_BIN", build::gateway_bin()) };
+    match cli.command {
         Command::Setup => setup::run(),
         Command::Test { args } => {
             setup::run()?;
@@ -67,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             build::gateway()?;
             match what.as_str() {
                 "relay" => bench::relay(mib, seconds),
+                "scan" => bench_scan::scan(),
                 _ => unreachable!("clap restricts the value"),
             }
         }

@@ -32,10 +32,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
+    Command::new("sh").args(["-c", &format!("command -v {program} >/dev/null")]).status().is_ok_and(|s| s.success())
 }
 
 fn apt() -> anyhow::Result<()> {
@@ -53,10 +50,7 @@ fn apt() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask setup: installing {}", missing.join(" "));
-    let update = Command::new("apt-get")
-        .args(["update", "-q"])
-        .status()
-        .context("running apt-get update")?;
+    let update = Command::new("apt-get").args(["update", "-q"]).status().context("running apt-get update")?;
     if !update.success() {
         bail!("apt-get update failed ({update}); check the network and that you are root");
     }
@@ -67,19 +61,14 @@ fn apt() -> anyhow::Result<()> {
         .status()
         .context("running apt-get install")?;
     if !status.success() {
-        bail!(
-            "apt-get install {} failed ({status}); run it by hand to see why",
-            missing.join(" ")
-        );
+        bail!("apt-get install {} failed ({status}); run it by hand to see why", missing.join(" "));
     }
     Ok(())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
-    let out = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
-        .output()
-        .context("running rustc +nightly")?;
+    let out =
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("running rustc +nightly")?;
     if !out.status.success() {
         bail!(
             "no nightly toolchain ({}); the eBPF programs need one: `rustup toolchain install nightly`",
@@ -118,12 +107,7 @@ fn bpf_linker() -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", lib.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .find(|n| n.starts_with("libLLVM.so."))
-        .with_context(|| {
-            format!(
-                "no libLLVM.so.* in {}; is the nightly toolchain complete?",
-                lib.display()
-            )
-        })?;
+        .with_context(|| format!("no libLLVM.so.* in {}; is the nightly toolchain complete?", lib.display()))?;
     // "libLLVM.so.22.1-rust-1.97.0-nightly" → LLVM major 22.
     let major = libllvm
         .trim_start_matches("libLLVM.so.")
@@ -138,19 +122,11 @@ fn bpf_linker() -> anyhow::Result<()> {
     for name in ["libLLVM.so", libllvm.as_str()] {
         let link = prefix_lib.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(lib.join(&libllvm), &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(lib.join(&libllvm), &link).with_context(|| format!("linking {}", link.display()))?;
     }
-    eprintln!(
-        "xtask setup: installing bpf-linker against nightly's LLVM {major} (a few minutes, once)"
-    );
+    eprintln!("xtask setup: installing bpf-linker against nightly's LLVM {major} (a few minutes, once)");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "install",
-            "bpf-linker",
-            "--no-default-features",
-            "--features",
-        ])
+        .args(["install", "bpf-linker", "--no-default-features", "--features"])
         .arg(format!("llvm-{major}"))
         .env("LLVM_PREFIX", &prefix)
         .env("LD_LIBRARY_PATH", join_path(&prefix_lib))

@@ -84,16 +84,11 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) 
     let dst = match client.local_addr() {
         Ok(a) => a,
         Err(e) => {
-            warn!(
-                "flow kind={} client={peer}: no local address: {e}",
-                kind.name()
-            );
+            warn!("flow kind={} client={peer}: no local address: {e}", kind.name());
             return;
         }
     };
-    let upstream = match tokio::time::timeout(ctx.config.connect_timeout.0, TcpStream::connect(dst))
-        .await
-    {
+    let upstream = match tokio::time::timeout(ctx.config.connect_timeout.0, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return upstream_failed(&client, peer, dst, kind, ctx, start, &e.to_string()),
         Err(_) => {

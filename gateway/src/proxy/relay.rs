@@ -46,10 +46,7 @@ pub async fn relay(client: &TcpStream, server: &TcpStream, pipe_size: u32, count
     let result = async {
         let up_pipe = Pipe::new(pipe_size)?;
         let down_pipe = Pipe::new(pipe_size)?;
-        tokio::try_join!(
-            pump(client, server, &up_pipe, &counts.up),
-            pump(server, client, &down_pipe, &counts.down),
-        )
+        tokio::try_join!(pump(client, server, &up_pipe, &counts.up), pump(server, client, &down_pipe, &counts.down),)
     }
     .await;
     match result {
@@ -72,9 +69,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) 
     loop {
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)
-            }) {
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipe.size)) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -88,9 +83,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, count: &AtomicU64) 
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
-            }) {
+            match dst.try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(m) => {
                     left -= m;
@@ -115,11 +108,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
 /// A non-blocking kernel pipe used as the splice buffer of one direction.
@@ -141,8 +130,7 @@ impl Pipe {
         // A larger pipe means fewer wakeups; the kernel caps it at
         // fs.pipe-max-size, so fall back to whatever it has.
         // SAFETY: valid pipe fd.
-        let got =
-            unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int) };
         let size = if got > 0 {
             got as usize
         } else {

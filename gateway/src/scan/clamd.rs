@@ -33,9 +33,7 @@ impl ClamdAddr {
         if let Some(p) = s.strip_prefix("unix:") {
             Ok(ClamdAddr::Unix(p.into()))
         } else if let Some(a) = s.strip_prefix("tcp:") {
-            if a.rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
+            if a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
                 Ok(ClamdAddr::Tcp(a.into()))
             } else {
                 Err(format!("clamd address {s:?} needs a port: tcp:HOST:PORT"))
@@ -65,10 +63,7 @@ pub struct Clamd {
 }
 
 fn connect_error(addr: &ClamdAddr, e: std::io::Error) -> Verdict {
-    Verdict::error(
-        ErrorKind::Unavailable,
-        format!("clamd at {addr} is unreachable: {e}"),
-    )
+    Verdict::error(ErrorKind::Unavailable, format!("clamd at {addr} is unreachable: {e}"))
 }
 
 impl Clamd {
@@ -86,42 +81,24 @@ impl Clamd {
     pub async fn ping(&self) -> Result<(), String> {
         let reply = match &self.addr {
             ClamdAddr::Unix(p) => clamav_client::tokio::ping(Socket { socket_path: p }).await,
-            ClamdAddr::Tcp(a) => {
-                clamav_client::tokio::ping(Tcp {
-                    host_address: a.as_str(),
-                })
-                .await
-            }
+            ClamdAddr::Tcp(a) => clamav_client::tokio::ping(Tcp { host_address: a.as_str() }).await,
         }
         .map_err(|e| format!("clamd at {}: {e}", self.addr))?;
         if reply == clamav_client::PONG {
             Ok(())
         } else {
-            Err(format!(
-                "clamd at {} answered PING with {:?}",
-                self.addr,
-                String::from_utf8_lossy(&reply)
-            ))
+            Err(format!("clamd at {} answered PING with {:?}", self.addr, String::from_utf8_lossy(&reply)))
         }
     }
 
     /// Engine and signature versions, e.g. `ClamAV 1.0.9/…`.
     pub async fn version(&self) -> Result<String, String> {
         let reply = match &self.addr {
-            ClamdAddr::Unix(p) => {
-                clamav_client::tokio::get_version(Socket { socket_path: p }).await
-            }
-            ClamdAddr::Tcp(a) => {
-                clamav_client::tokio::get_version(Tcp {
-                    host_address: a.as_str(),
-                })
-                .await
-            }
+            ClamdAddr::Unix(p) => clamav_client::tokio::get_version(Socket { socket_path: p }).await,
+            ClamdAddr::Tcp(a) => clamav_client::tokio::get_version(Tcp { host_address: a.as_str() }).await,
         }
         .map_err(|e| format!("clamd at {}: {e}", self.addr))?;
-        Ok(String::from_utf8_lossy(&reply)
-            .trim_end_matches(['\0', '\n'])
-            .to_string())
+        Ok(String::from_utf8_lossy(&reply).trim_end_matches(['\0', '\n']).to_string())
     }
 
     /// Streams the chunks from `body` to clamd as they come and returns its
@@ -132,26 +109,12 @@ impl Clamd {
             ClamdAddr::Unix(p) => match timeout(t, Socket { socket_path: p }.connect()).await {
                 Ok(Ok(s)) => instream(s, body, t).await,
                 Ok(Err(e)) => connect_error(&self.addr, e),
-                Err(_) => Verdict::error(
-                    ErrorKind::Timeout,
-                    format!("connecting to clamd at {} timed out", self.addr),
-                ),
+                Err(_) => Verdict::error(ErrorKind::Timeout, format!("connecting to clamd at {} timed out", self.addr)),
             },
-            ClamdAddr::Tcp(a) => match timeout(
-                t,
-                Tcp {
-                    host_address: a.as_str(),
-                }
-                .connect(),
-            )
-            .await
-            {
+            ClamdAddr::Tcp(a) => match timeout(t, Tcp { host_address: a.as_str() }.connect()).await {
                 Ok(Ok(s)) => instream(s, body, t).await,
                 Ok(Err(e)) => connect_error(&self.addr, e),
-                Err(_) => Verdict::error(
-                    ErrorKind::Timeout,
-                    format!("connecting to clamd at {} timed out", self.addr),
-                ),
+                Err(_) => Verdict::error(ErrorKind::Timeout, format!("connecting to clamd at {} timed out", self.addr)),
             },
         }
     }
@@ -180,26 +143,16 @@ async fn instream<S: AsyncRead + AsyncWrite + Unpin>(
     // After a failed write clamd may still have said why (size limit).
     let mut reply = Vec::new();
     let read = timeout(t, s.read_to_end(&mut reply)).await;
-    let reply = String::from_utf8_lossy(&reply)
-        .trim_end_matches(['\0', '\n'])
-        .to_string();
+    let reply = String::from_utf8_lossy(&reply).trim_end_matches(['\0', '\n']).to_string();
     match (sent, read) {
         (_, _) if !reply.is_empty() => parse_reply(&reply),
         (Err(e), _) if e.kind() == std::io::ErrorKind::TimedOut => {
             Verdict::error(ErrorKind::Timeout, "clamd stopped reading the stream")
         }
-        (Err(e), _) => Verdict::error(
-            ErrorKind::Io,
-            format!("sending the stream to clamd failed: {e}"),
-        ),
+        (Err(e), _) => Verdict::error(ErrorKind::Io, format!("sending the stream to clamd failed: {e}")),
         (Ok(()), Err(_)) => Verdict::error(ErrorKind::Timeout, "clamd did not answer in time"),
-        (Ok(()), Ok(Err(e))) => {
-            Verdict::error(ErrorKind::Io, format!("reading clamd's answer failed: {e}"))
-        }
-        (Ok(()), Ok(Ok(_))) => Verdict::error(
-            ErrorKind::Protocol,
-            "clamd closed the connection without an answer",
-        ),
+        (Ok(()), Ok(Err(e))) => Verdict::error(ErrorKind::Io, format!("reading clamd's answer failed: {e}")),
+        (Ok(()), Ok(Ok(_))) => Verdict::error(ErrorKind::Protocol, "clamd closed the connection without an answer"),
     }
 }
 
@@ -210,11 +163,7 @@ pub fn parse_reply(reply: &str) -> Verdict {
     if body == "OK" {
         Verdict::Clean
     } else if let Some(name) = body.strip_suffix(" FOUND") {
-        Verdict::Infected {
-            threats: vec![name.to_string()],
-            engine: "clamd".into(),
-            replacement: None,
-        }
+        Verdict::Infected { threats: vec![name.to_string()], engine: "clamd".into(), replacement: None }
     } else if body.contains("size limit exceeded") {
         Verdict::error(ErrorKind::Oversize, format!("clamd: {body}"))
     } else {
@@ -229,36 +178,19 @@ mod tests {
     #[test]
     fn replies() {
         assert_eq!(parse_reply("stream: OK"), Verdict::Clean);
-        assert!(
-            matches!(parse_reply("stream: Test.EICAR.NDB.UNOFFICIAL FOUND"),
-            Verdict::Infected { ref threats, .. } if threats == &["Test.EICAR.NDB.UNOFFICIAL"])
-        );
+        assert!(matches!(parse_reply("stream: Test.EICAR.NDB.UNOFFICIAL FOUND"),
+            Verdict::Infected { ref threats, .. } if threats == &["Test.EICAR.NDB.UNOFFICIAL"]));
         assert!(matches!(
             parse_reply("INSTREAM size limit exceeded. ERROR"),
-            Verdict::Error {
-                kind: ErrorKind::Oversize,
-                ..
-            }
+            Verdict::Error { kind: ErrorKind::Oversize, .. }
         ));
-        assert!(matches!(
-            parse_reply("UNKNOWN COMMAND"),
-            Verdict::Error {
-                kind: ErrorKind::Protocol,
-                ..
-            }
-        ));
+        assert!(matches!(parse_reply("UNKNOWN COMMAND"), Verdict::Error { kind: ErrorKind::Protocol, .. }));
     }
 
     #[test]
     fn addresses() {
-        assert_eq!(
-            ClamdAddr::parse("unix:/run/c.sock").unwrap(),
-            ClamdAddr::Unix("/run/c.sock".into())
-        );
-        assert_eq!(
-            ClamdAddr::parse("tcp:127.0.0.1:3310").unwrap(),
-            ClamdAddr::Tcp("127.0.0.1:3310".into())
-        );
+        assert_eq!(ClamdAddr::parse("unix:/run/c.sock").unwrap(), ClamdAddr::Unix("/run/c.sock".into()));
+        assert_eq!(ClamdAddr::parse("tcp:127.0.0.1:3310").unwrap(), ClamdAddr::Tcp("127.0.0.1:3310".into()));
         assert!(ClamdAddr::parse("tcp:127.0.0.1").is_err());
         assert!(ClamdAddr::parse("clamd").is_err());
     }

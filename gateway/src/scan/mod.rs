@@ -71,49 +71,29 @@ impl ScanMeta {
     }
 
     fn icap_request(&self) -> IcapRequest {
-        let path: String = self
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-            .collect();
+        let path: String = self.name.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect();
         let (path, host) = match path.strip_prefix("http://") {
             Some(rest) => {
                 let (h, p) = rest.split_once('/').unwrap_or((rest, ""));
                 (format!("/{p}"), h.to_string())
             }
-            None => (
-                format!("/{}", path.trim_start_matches('/')),
-                "gateway.local".to_string(),
-            ),
+            None => (format!("/{}", path.trim_start_matches('/')), "gateway.local".to_string()),
         };
         let method = match self.direction {
             Direction::Download => Method::Respmod,
             Direction::Upload => Method::Reqmod,
         };
         let req_hdr = self.http_request.clone().unwrap_or_else(|| {
-            let verb = if method == Method::Reqmod {
-                "POST"
-            } else {
-                "GET"
-            };
+            let verb = if method == Method::Reqmod { "POST" } else { "GET" };
             format!("{verb} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
         });
         let res_hdr = (method == Method::Respmod).then(|| {
             self.http_response.clone().unwrap_or_else(|| {
-                let ct = self
-                    .content_type
-                    .as_deref()
-                    .unwrap_or("application/octet-stream");
+                let ct = self.content_type.as_deref().unwrap_or("application/octet-stream");
                 format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
             })
         });
-        IcapRequest {
-            method,
-            req_hdr,
-            res_hdr,
-            client_ip: self.client.map(|c| c.ip()),
-            name: self.name.clone(),
-        }
+        IcapRequest { method, req_hdr, res_hdr, client_ip: self.client.map(|c| c.ip()), name: self.name.clone() }
     }
 }
 
@@ -153,9 +133,7 @@ impl Scanner {
     /// Builds the scanner from `[scan]`.
     pub fn new(cfg: &config::Scan) -> Result<Scanner, String> {
         let backend = match cfg.backend {
-            config::ScanBackend::Clamd => {
-                Backend::Clamd(Clamd::new(ClamdAddr::parse(&cfg.clamd)?, cfg.io_timeout.0))
-            }
+            config::ScanBackend::Clamd => Backend::Clamd(Clamd::new(ClamdAddr::parse(&cfg.clamd)?, cfg.io_timeout.0)),
             config::ScanBackend::Icap => Backend::Icap(IcapClient::new(
                 &cfg.icap,
                 IcapSettings {
@@ -171,10 +149,7 @@ impl Scanner {
         };
         Ok(Scanner {
             backend,
-            policy: Policy {
-                on_error: cfg.on_error,
-                on_oversize: cfg.on_oversize,
-            },
+            policy: Policy { on_error: cfg.on_error, on_oversize: cfg.on_oversize },
             cache: VerdictCache::new(cfg.cache_ttl.0, cfg.cache_entries),
             spool: SpoolConfig {
                 dir: cfg.spool_dir.clone(),
@@ -313,20 +288,14 @@ impl Session {
             (
                 Verdict::error(
                     ErrorKind::Oversize,
-                    format!(
-                        "body larger than max_scan_size ({} bytes)",
-                        self.scanner.max_scan_size
-                    ),
+                    format!("body larger than max_scan_size ({} bytes)", self.scanner.max_scan_size),
                 ),
                 false,
             )
         } else {
             match (&mut self.task).await {
                 Ok(v) => (v, false),
-                Err(e) => (
-                    Verdict::error(ErrorKind::Io, format!("scan task failed: {e}")),
-                    false,
-                ),
+                Err(e) => (Verdict::error(ErrorKind::Io, format!("scan task failed: {e}")), false),
             }
         };
         if let Some(e) = self.spool_error.take() {
@@ -338,13 +307,7 @@ impl Session {
             self.scanner.cache.remember(sha256, None, &verdict);
         }
         Finished {
-            outcome: Outcome {
-                verdict,
-                bytes: self.bytes,
-                after_last_byte: last_byte.elapsed(),
-                sha256,
-                cached,
-            },
+            outcome: Outcome { verdict, bytes: self.bytes, after_last_byte: last_byte.elapsed(), sha256, cached },
             body: self.spool.take(),
         }
     }

@@ -70,20 +70,11 @@ pub struct Expectations {
 impl Expectations {
     /// Steers connections from `client` to `server:port` to the listener
     /// of `kind` (see [`gateway_common::listener`]).
-    pub fn add(
-        &self,
-        client: IpAddr,
-        server: IpAddr,
-        port: u16,
-        kind: u32,
-    ) -> Result<(), SteeringError> {
+    pub fn add(&self, client: IpAddr, server: IpAddr, port: u16, kind: u32) -> Result<(), SteeringError> {
         let key = expect_key(client, server, port);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.insert(key, ExpectValue { kind }, 0)
-            .map_err(|source| SteeringError::Map {
-                what: "adding an expectation".into(),
-                source,
-            })
+            .map_err(|source| SteeringError::Map { what: "adding an expectation".into(), source })
     }
 
     /// Removes an expectation; removing one that is not there is not an error.
@@ -92,10 +83,7 @@ impl Expectations {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match map.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(SteeringError::Map {
-                what: "removing an expectation".into(),
-                source,
-            }),
+            Err(source) => Err(SteeringError::Map { what: "removing an expectation".into(), source }),
         }
     }
 
@@ -112,12 +100,7 @@ impl Expectations {
 }
 
 fn expect_key(client: IpAddr, server: IpAddr, port: u16) -> ExpectKey {
-    ExpectKey {
-        client: config::addr16(client),
-        server: config::addr16(server),
-        port,
-        _pad: [0; 2],
-    }
+    ExpectKey { client: config::addr16(client), server: config::addr16(server), port, _pad: [0; 2] }
 }
 
 /// Kernel counters, summed over CPUs.
@@ -163,20 +146,14 @@ impl Steering {
         };
 
         {
-            let mut ports: HashMap<_, u16, u32> = HashMap::try_from(
-                ebpf.map_mut("STEER_PORTS")
-                    .ok_or(SteeringError::Missing("STEER_PORTS map"))?,
-            )
-            .map_err(map_err("opening STEER_PORTS"))?;
+            let mut ports: HashMap<_, u16, u32> =
+                HashMap::try_from(ebpf.map_mut("STEER_PORTS").ok_or(SteeringError::Missing("STEER_PORTS map"))?)
+                    .map_err(map_err("opening STEER_PORTS"))?;
             for &p in &cfg.http_ports {
-                ports
-                    .insert(p, listener::HTTP, 0)
-                    .map_err(map_err("adding an HTTP port"))?;
+                ports.insert(p, listener::HTTP, 0).map_err(map_err("adding an HTTP port"))?;
             }
             for &p in &cfg.ftp_ports {
-                ports
-                    .insert(p, listener::FTP_CONTROL, 0)
-                    .map_err(map_err("adding an FTP port"))?;
+                ports.insert(p, listener::FTP_CONTROL, 0).map_err(map_err("adding an FTP port"))?;
             }
         }
         fill_trie(&mut ebpf, "BYPASS", &cfg.bypass)?;
@@ -186,20 +163,13 @@ impl Steering {
             .program_mut("steer")
             .ok_or(SteeringError::Missing("steer program"))?
             .try_into()
-            .map_err(|source| SteeringError::Program {
-                what: "finding the TC program".into(),
+            .map_err(|source| SteeringError::Program { what: "finding the TC program".into(), source })?;
+        tc.load().map_err(|source| SteeringError::Program { what: "loading the TC program".into(), source })?;
+        for iface in &cfg.interfaces {
+            tc.attach(iface, TcAttachType::Ingress).map_err(|source| SteeringError::Program {
+                what: format!("attaching the TC program to {iface}"),
                 source,
             })?;
-        tc.load().map_err(|source| SteeringError::Program {
-            what: "loading the TC program".into(),
-            source,
-        })?;
-        for iface in &cfg.interfaces {
-            tc.attach(iface, TcAttachType::Ingress)
-                .map_err(|source| SteeringError::Program {
-                    what: format!("attaching the TC program to {iface}"),
-                    source,
-                })?;
         }
 
         // sk_lookup belongs to the network namespace the gateway runs in.
@@ -208,20 +178,13 @@ impl Steering {
             .program_mut("reuse")
             .ok_or(SteeringError::Missing("reuse program"))?
             .try_into()
-            .map_err(|source| SteeringError::Program {
-                what: "finding the sk_lookup program".into(),
-                source,
-            })?;
-        lookup.load().map_err(|source| SteeringError::Program {
-            what: "loading the sk_lookup program".into(),
-            source,
-        })?;
+            .map_err(|source| SteeringError::Program { what: "finding the sk_lookup program".into(), source })?;
+        lookup
+            .load()
+            .map_err(|source| SteeringError::Program { what: "loading the sk_lookup program".into(), source })?;
         lookup
             .attach(netns)
-            .map_err(|source| SteeringError::Program {
-                what: "attaching the sk_lookup program".into(),
-                source,
-            })?;
+            .map_err(|source| SteeringError::Program { what: "attaching the sk_lookup program".into(), source })?;
 
         let xdp_on = cfg.xdp_mode != XdpMode::Off;
         if xdp_on {
@@ -233,56 +196,37 @@ impl Steering {
                 .program_mut("filter")
                 .ok_or(SteeringError::Missing("filter program"))?
                 .try_into()
-                .map_err(|source| SteeringError::Program {
-                    what: "finding the XDP program".into(),
+                .map_err(|source| SteeringError::Program { what: "finding the XDP program".into(), source })?;
+            xdp.load().map_err(|source| SteeringError::Program { what: "loading the XDP program".into(), source })?;
+            for iface in &cfg.interfaces {
+                xdp.attach(iface, mode).map_err(|source| SteeringError::Program {
+                    what: format!("attaching the XDP program to {iface}"),
                     source,
                 })?;
-            xdp.load().map_err(|source| SteeringError::Program {
-                what: "loading the XDP program".into(),
-                source,
-            })?;
-            for iface in &cfg.interfaces {
-                xdp.attach(iface, mode)
-                    .map_err(|source| SteeringError::Program {
-                        what: format!("attaching the XDP program to {iface}"),
-                        source,
-                    })?;
             }
         }
 
-        let listeners = SockMap::try_from(
-            ebpf.take_map("LISTENERS")
-                .ok_or(SteeringError::Missing("LISTENERS map"))?,
-        )
-        .map_err(map_err("opening LISTENERS"))?;
-        let expectations = HashMap::try_from(
-            ebpf.take_map("EXPECTATIONS")
-                .ok_or(SteeringError::Missing("EXPECTATIONS map"))?,
-        )
-        .map_err(map_err("opening EXPECTATIONS"))?;
+        let listeners = SockMap::try_from(ebpf.take_map("LISTENERS").ok_or(SteeringError::Missing("LISTENERS map"))?)
+            .map_err(map_err("opening LISTENERS"))?;
+        let expectations =
+            HashMap::try_from(ebpf.take_map("EXPECTATIONS").ok_or(SteeringError::Missing("EXPECTATIONS map"))?)
+                .map_err(map_err("opening EXPECTATIONS"))?;
         let counters = if xdp_on {
             Some(
-                PerCpuArray::try_from(
-                    ebpf.take_map("COUNTERS")
-                        .ok_or(SteeringError::Missing("COUNTERS map"))?,
-                )
-                .map_err(map_err("opening COUNTERS"))?,
+                PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(SteeringError::Missing("COUNTERS map"))?)
+                    .map_err(map_err("opening COUNTERS"))?,
             )
         } else {
             None
         };
-        let steer_stats = PerCpuArray::try_from(
-            ebpf.take_map("STEER_STATS")
-                .ok_or(SteeringError::Missing("STEER_STATS map"))?,
-        )
-        .map_err(map_err("opening STEER_STATS"))?;
+        let steer_stats =
+            PerCpuArray::try_from(ebpf.take_map("STEER_STATS").ok_or(SteeringError::Missing("STEER_STATS map"))?)
+                .map_err(map_err("opening STEER_STATS"))?;
 
         Ok(Steering {
             _ebpf: ebpf,
             listeners,
-            expectations: Expectations {
-                map: Arc::new(Mutex::new(expectations)),
-            },
+            expectations: Expectations { map: Arc::new(Mutex::new(expectations)) },
             counters,
             steer_stats,
         })
@@ -295,17 +239,10 @@ impl Steering {
         local: SocketAddr,
         socket: &impl AsRawFd,
     ) -> Result<(), SteeringError> {
-        let family = if local.is_ipv4() {
-            listener::V4
-        } else {
-            listener::V6
-        };
+        let family = if local.is_ipv4() { listener::V4 } else { listener::V6 };
         self.listeners
             .set(listener::slot(kind, family), socket, 0)
-            .map_err(|source| SteeringError::Map {
-                what: format!("registering the listener on {local}"),
-                source,
-            })
+            .map_err(|source| SteeringError::Map { what: format!("registering the listener on {local}"), source })
     }
 
     /// The shared expectations handle.
@@ -339,24 +276,14 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> CounterStat {
     s
 }
 
-fn fill_trie(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    nets: &[ipnet::IpNet],
-) -> Result<(), SteeringError> {
+fn fill_trie(ebpf: &mut Ebpf, name: &'static str, nets: &[ipnet::IpNet]) -> Result<(), SteeringError> {
     let map = ebpf.map_mut(name).ok_or(SteeringError::Missing(name))?;
     let mut trie: LpmTrie<_, LpmAddr, u8> =
-        LpmTrie::try_from(map).map_err(|source| SteeringError::Map {
-            what: format!("opening {name}"),
-            source,
-        })?;
+        LpmTrie::try_from(map).map_err(|source| SteeringError::Map { what: format!("opening {name}"), source })?;
     for net in nets {
         let (addr, len) = config::lpm_key(net);
         trie.insert(&Key::new(len, addr), 1, 0)
-            .map_err(|source| SteeringError::Map {
-                what: format!("adding {net} to {name}"),
-                source,
-            })?;
+            .map_err(|source| SteeringError::Map { what: format!("adding {net} to {name}"), source })?;
     }
     Ok(())
 }

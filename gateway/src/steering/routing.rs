@@ -24,10 +24,7 @@ pub struct RoutingError {
 }
 
 fn err(what: impl Into<String>, e: impl std::fmt::Display) -> RoutingError {
-    RoutingError {
-        what: what.into(),
-        source: std::io::Error::other(e.to_string()),
-    }
+    RoutingError { what: what.into(), source: std::io::Error::other(e.to_string()) }
 }
 
 /// The rule and table that deliver marked packets locally.
@@ -44,8 +41,7 @@ pub struct PolicyRouting {
 const LOOPBACK_IFINDEX: u32 = 1;
 
 async fn connect() -> Result<Handle, RoutingError> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| err("opening a netlink socket", e))?;
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| err("opening a netlink socket", e))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -64,11 +60,7 @@ impl PolicyRouting {
                 .fw_mark(self.fwmark)
                 .table_id(self.table)
                 .priority(self.priority);
-            let res = if v6 {
-                rule.v6().execute().await
-            } else {
-                rule.v4().execute().await
-            };
+            let res = if v6 { rule.v6().execute().await } else { rule.v4().execute().await };
             res.map_err(|e| err(format!("adding the {family} fwmark rule"), e))?;
 
             let route = if v6 {
@@ -94,12 +86,7 @@ impl PolicyRouting {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| {
-                    err(
-                        format!("adding the {family} local route to table {}", self.table),
-                        e,
-                    )
-                })?;
+                .map_err(|e| err(format!("adding the {family} local route to table {}", self.table), e))?;
         }
         Ok(())
     }
@@ -117,32 +104,17 @@ impl PolicyRouting {
                 .await
                 .map_err(|e| err("listing rules", e))?;
             for rule in rules.into_iter().filter(|r| self.owns_rule(r)) {
-                handle
-                    .rule()
-                    .del(rule)
-                    .execute()
-                    .await
-                    .map_err(|e| err("deleting a rule", e))?;
+                handle.rule().del(rule).execute().await.map_err(|e| err("deleting a rule", e))?;
             }
             let mut query = match version {
                 IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
                 IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
             };
             query.header.table = 0; // RT_TABLE_UNSPEC: dump all tables
-            let routes: Vec<_> = handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| err("listing routes", e))?;
+            let routes: Vec<_> =
+                handle.route().get(query).execute().try_collect().await.map_err(|e| err("listing routes", e))?;
             for route in routes.into_iter().filter(|r| route_table(r) == self.table) {
-                handle
-                    .route()
-                    .del(route)
-                    .execute()
-                    .await
-                    .map_err(|e| err("deleting a route", e))?;
+                handle.route().del(route).execute().await.map_err(|e| err("deleting a route", e))?;
             }
         }
         Ok(())
@@ -152,13 +124,8 @@ impl PolicyRouting {
     pub async fn present(&self) -> Result<bool, RoutingError> {
         let handle = connect().await?;
         for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = handle
-                .rule()
-                .get(version)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| err("listing rules", e))?;
+            let rules: Vec<RuleMessage> =
+                handle.rule().get(version).execute().try_collect().await.map_err(|e| err("listing rules", e))?;
             if rules.iter().any(|r| self.owns_rule(r)) {
                 return Ok(true);
             }

@@ -41,10 +41,7 @@ pub fn threats(head: &ResponseHead, http_status: Option<u16>) -> Option<Vec<Stri
             "x-violations-found" => {
                 // "N" then per violation: filename, threat, id, disposition.
                 let mut lines = value.lines();
-                let count: usize = lines
-                    .next()
-                    .and_then(|c| c.trim().parse().ok())
-                    .unwrap_or(1);
+                let count: usize = lines.next().and_then(|c| c.trim().parse().ok()).unwrap_or(1);
                 if count > 0 {
                     reported = true;
                     let rest: Vec<&str> = lines.collect();
@@ -96,51 +93,27 @@ mod tests {
     #[test]
     fn virus_id_lists_are_split() {
         assert_eq!(
-            t(
-                "ICAP/1.0 200 OK\r\nX-Virus-ID: EICAR-Test-File, Trojan.Gen\r\n\r\n",
-                None
-            ),
+            t("ICAP/1.0 200 OK\r\nX-Virus-ID: EICAR-Test-File, Trojan.Gen\r\n\r\n", None),
             Some(vec!["EICAR-Test-File".into(), "Trojan.Gen".into()])
         );
-        assert_eq!(
-            t("ICAP/1.0 200 OK\r\nX-Virus-Name: Eicar\r\n\r\n", None),
-            Some(vec!["Eicar".into()])
-        );
+        assert_eq!(t("ICAP/1.0 200 OK\r\nX-Virus-Name: Eicar\r\n\r\n", None), Some(vec!["Eicar".into()]));
     }
 
     #[test]
     fn violations_found_with_folded_lines() {
         let h = "ICAP/1.0 200 OK\r\nX-Violations-Found: 2\r\n\ta.com\r\n\tEICAR test file\r\n\t111\r\n\t0\r\n\tb.exe\r\n\tW32/Bad\r\n\t222\r\n\t0\r\n\r\n";
-        assert_eq!(
-            t(h, None),
-            Some(vec!["EICAR test file".into(), "W32/Bad".into()])
-        );
-        assert_eq!(
-            t(
-                "ICAP/1.0 200 OK\r\nX-Violations-Found: 0\r\n\r\n",
-                Some(200)
-            ),
-            None
-        );
+        assert_eq!(t(h, None), Some(vec!["EICAR test file".into(), "W32/Bad".into()]));
+        assert_eq!(t("ICAP/1.0 200 OK\r\nX-Violations-Found: 0\r\n\r\n", Some(200)), None);
     }
 
     #[test]
     fn block_reason_response_info_and_bare_403() {
         assert_eq!(
-            t(
-                "ICAP/1.0 200 OK\r\nX-Block-Reason: Malware detected\r\n\r\n",
-                None
-            ),
+            t("ICAP/1.0 200 OK\r\nX-Block-Reason: Malware detected\r\n\r\n", None),
             Some(vec!["Malware detected".into()])
         );
         assert!(t("ICAP/1.0 200 OK\r\nX-Response-Info: Blocked\r\n\r\n", None).is_some());
         assert!(t("ICAP/1.0 200 OK\r\n\r\n", Some(403)).is_some());
-        assert_eq!(
-            t(
-                "ICAP/1.0 200 OK\r\nX-Response-Info: Passed\r\n\r\n",
-                Some(200)
-            ),
-            None
-        );
+        assert_eq!(t("ICAP/1.0 200 OK\r\nX-Response-Info: Passed\r\n\r\n", Some(200)), None);
     }
 }

@@ -103,28 +103,14 @@ pub struct ServiceUrl {
 impl ServiceUrl {
     /// Parses `icap://host[:port]/path` (port 1344 by default).
     pub fn parse(url: &str) -> Result<ServiceUrl, String> {
-        let rest = url
-            .strip_prefix("icap://")
-            .ok_or_else(|| format!("ICAP URL {url:?} must start with icap://"))?;
+        let rest = url.strip_prefix("icap://").ok_or_else(|| format!("ICAP URL {url:?} must start with icap://"))?;
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         if host.is_empty() || path.is_empty() {
             return Err(format!("ICAP URL {url:?} needs a host and a service path"));
         }
-        let has_port = if host.starts_with('[') {
-            host.contains("]:")
-        } else {
-            host.contains(':')
-        };
-        let authority = if has_port {
-            host.to_string()
-        } else {
-            format!("{host}:1344")
-        };
-        Ok(ServiceUrl {
-            url: url.to_string(),
-            authority,
-            host: host.to_string(),
-        })
+        let has_port = if host.starts_with('[') { host.contains("]:") } else { host.contains(':') };
+        let authority = if has_port { host.to_string() } else { format!("{host}:1344") };
+        Ok(ServiceUrl { url: url.to_string(), authority, host: host.to_string() })
     }
 }
 
@@ -184,9 +170,7 @@ fn err(kind: ErrorKind, msg: impl Into<String>) -> Verdict {
 fn io_verdict(what: &str, url: &str, e: &std::io::Error) -> Verdict {
     let kind = match e.kind() {
         std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
-        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
-            ErrorKind::Unavailable
-        }
+        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => ErrorKind::Unavailable,
         _ => ErrorKind::Io,
     };
     err(kind, format!("ICAP service {url}: {what}: {e}"))
@@ -238,17 +222,8 @@ impl IcapClient {
     /// Scans the body arriving on `body` and returns the verdict.
     pub async fn scan(&self, req: &IcapRequest, body: mpsc::Receiver<Bytes>) -> Verdict {
         let started = Instant::now();
-        let mut state = BodyState {
-            rx: body,
-            preview: Vec::new(),
-            eof: false,
-            committed: false,
-            sent: 0,
-        };
-        let mut last = err(
-            ErrorKind::Unavailable,
-            "every ICAP service is suspended after repeated failures",
-        );
+        let mut state = BodyState { rx: body, preview: Vec::new(), eof: false, committed: false, sent: 0 };
+        let mut last = err(ErrorKind::Unavailable, "every ICAP service is suspended after repeated failures");
         for s in &self.services {
             if s.suspended() {
                 continue;
@@ -292,25 +267,16 @@ impl IcapClient {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(io_verdict("sending OPTIONS", uri, &e)),
             Err(_) => {
-                return Err(err(
-                    ErrorKind::Timeout,
-                    format!("ICAP service {uri}: sending OPTIONS timed out"),
-                ));
+                return Err(err(ErrorKind::Timeout, format!("ICAP service {uri}: sending OPTIONS timed out")));
             }
         }
         let head = read_head(&mut conn, Instant::now() + t, uri).await?;
         if head.status != 200 {
-            return Err(err(
-                ErrorKind::Protocol,
-                format!("ICAP service {uri} answered OPTIONS with {}", head.status),
-            ));
+            return Err(err(ErrorKind::Protocol, format!("ICAP service {uri} answered OPTIONS with {}", head.status)));
         }
         let o = ServiceOptions::from_head(&head);
         *s.options.lock().unwrap_or_else(|p| p.into_inner()) = Some((o.clone(), Instant::now()));
-        if head
-            .get("Connection")
-            .is_none_or(|c| !c.eq_ignore_ascii_case("close"))
-        {
+        if head.get("Connection").is_none_or(|c| !c.eq_ignore_ascii_case("close")) {
             s.put_back(conn);
         }
         Ok(o)
@@ -320,34 +286,17 @@ impl IcapClient {
         if let Some(c) = s.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
             return Ok(c);
         }
-        match timeout(
-            self.settings.io_timeout,
-            TcpStream::connect(&s.url.authority),
-        )
-        .await
-        {
+        match timeout(self.settings.io_timeout, TcpStream::connect(&s.url.authority)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
-                Ok(Conn {
-                    stream: BufWriter::with_capacity(64 * 1024, tcp),
-                    buf: Vec::new(),
-                })
+                Ok(Conn { stream: BufWriter::with_capacity(64 * 1024, tcp), buf: Vec::new() })
             }
             Ok(Err(e)) => Err(io_verdict("connecting", &s.url.url, &e)),
-            Err(_) => Err(err(
-                ErrorKind::Timeout,
-                format!("ICAP service {}: connect timed out", s.url.url),
-            )),
+            Err(_) => Err(err(ErrorKind::Timeout, format!("ICAP service {}: connect timed out", s.url.url))),
         }
     }
 
-    async fn attempt(
-        &self,
-        s: &Service,
-        req: &IcapRequest,
-        body: &mut BodyState,
-        started: Instant,
-    ) -> Attempt {
+    async fn attempt(&self, s: &Service, req: &IcapRequest, body: &mut BodyState, started: Instant) -> Attempt {
         let uri = s.url.url.as_str();
         let opts = match self.service_options(s).await {
             Ok(o) => o,
@@ -359,15 +308,8 @@ impl IcapClient {
                 format!("ICAP service {uri} does not offer {}", req.method.name()),
             ));
         }
-        let limit = opts
-            .max_connections
-            .unwrap_or(usize::MAX)
-            .min(self.settings.max_connections)
-            .max(1);
-        let slots = s
-            .slots
-            .get_or_init(|| async { Semaphore::new(limit) })
-            .await;
+        let limit = opts.max_connections.unwrap_or(usize::MAX).min(self.settings.max_connections).max(1);
+        let slots = s.slots.get_or_init(|| async { Semaphore::new(limit) }).await;
         let Ok(_slot) = slots.acquire().await else {
             return Attempt::Next(err(ErrorKind::Unavailable, "ICAP connection slots closed"));
         };
@@ -376,10 +318,7 @@ impl IcapClient {
             Err(v) => return Attempt::Next(v),
         };
         let preview = opts.preview_for(&req.name).filter(|_| opts.allow_204);
-        match self
-            .exchange(&mut conn, s, req, preview, body, started)
-            .await
-        {
+        match self.exchange(&mut conn, s, req, preview, body, started).await {
             Ok((verdict, keep)) => {
                 if keep {
                     s.put_back(conn);
@@ -427,12 +366,7 @@ impl IcapClient {
             let ieof = body.eof && body.preview.len() <= p;
             out.extend_from_slice(wire::last_chunk(ieof));
             self.write(conn, &out, uri, started, body.sent).await?;
-            let head = read_head(
-                conn,
-                self.deadline(started, body.sent).min(Instant::now() + t),
-                uri,
-            )
-            .await?;
+            let head = read_head(conn, self.deadline(started, body.sent).min(Instant::now() + t), uri).await?;
             match head.status {
                 100 if !ieof => {
                     body.committed = true;
@@ -443,15 +377,10 @@ impl IcapClient {
                     self.write(conn, &chunk, uri, started, body.sent).await?;
                 }
                 100 => {
-                    return Err(wire_verdict(
-                        uri,
-                        WireError("100 Continue after ieof".into()),
-                    ));
+                    return Err(wire_verdict(uri, WireError("100 Continue after ieof".into())));
                 }
                 _ => {
-                    return self
-                        .answer(conn, uri, head, req.method, started, body.sent)
-                        .await;
+                    return self.answer(conn, uri, head, req.method, started, body.sent).await;
                 }
             }
         } else {
@@ -478,33 +407,19 @@ impl IcapClient {
             self.write(conn, b"\r\n", uri, started, body.sent).await?;
         }
         body.eof = true;
-        self.write(conn, wire::last_chunk(false), uri, started, body.sent)
-            .await?;
+        self.write(conn, wire::last_chunk(false), uri, started, body.sent).await?;
         let head = read_head(conn, self.deadline(started, body.sent), uri).await?;
-        self.answer(conn, uri, head, req.method, started, body.sent)
-            .await
+        self.answer(conn, uri, head, req.method, started, body.sent).await
     }
 
-    async fn write(
-        &self,
-        conn: &mut Conn,
-        data: &[u8],
-        uri: &str,
-        started: Instant,
-        sent: u64,
-    ) -> Result<(), Verdict> {
-        let limit = self
-            .deadline(started, sent)
-            .min(Instant::now() + self.settings.io_timeout);
+    async fn write(&self, conn: &mut Conn, data: &[u8], uri: &str, started: Instant, sent: u64) -> Result<(), Verdict> {
+        let limit = self.deadline(started, sent).min(Instant::now() + self.settings.io_timeout);
         // Buffered: small frames coalesce, large chunks pass straight
         // through; read_head flushes before waiting for an answer.
         match tokio::time::timeout_at(limit.into(), conn.stream.write_all(data)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(io_verdict("sending", uri, &e)),
-            Err(_) => Err(err(
-                ErrorKind::Timeout,
-                format!("ICAP service {uri}: sending timed out"),
-            )),
+            Err(_) => Err(err(ErrorKind::Timeout, format!("ICAP service {uri}: sending timed out"))),
         }
     }
 
@@ -520,44 +435,27 @@ impl IcapClient {
         started: Instant,
         sent: u64,
     ) -> Result<(Verdict, bool), Verdict> {
-        let keep = head
-            .get("Connection")
-            .is_none_or(|c| !c.eq_ignore_ascii_case("close"));
+        let keep = head.get("Connection").is_none_or(|c| !c.eq_ignore_ascii_case("close"));
         match head.status {
             204 => Ok((Verdict::Clean, keep)),
             200 => {
-                let limit = self
-                    .deadline(started, sent)
-                    .max(Instant::now() + self.settings.io_timeout);
+                let limit = self.deadline(started, sent).max(Instant::now() + self.settings.io_timeout);
                 let enc = head.encapsulated().map_err(|e| wire_verdict(uri, e))?;
                 let hdr_name = match method {
                     Method::Respmod => "res-hdr",
                     Method::Reqmod => "req-hdr",
                 };
-                let hdr_off = enc
-                    .iter()
-                    .find(|(n, _)| n == hdr_name || n == "res-hdr")
-                    .map(|(_, o)| *o);
-                let (body_name, body_off) = enc
-                    .iter()
-                    .find(|(n, _)| n.ends_with("-body"))
-                    .cloned()
-                    .ok_or_else(|| {
-                        wire_verdict(
-                            uri,
-                            WireError("200 without a body section in Encapsulated".into()),
-                        )
+                let hdr_off = enc.iter().find(|(n, _)| n == hdr_name || n == "res-hdr").map(|(_, o)| *o);
+                let (body_name, body_off) =
+                    enc.iter().find(|(n, _)| n.ends_with("-body")).cloned().ok_or_else(|| {
+                        wire_verdict(uri, WireError("200 without a body section in Encapsulated".into()))
                     })?;
                 // Sections before the HTTP head we want (req-hdr in a
                 // RESPMOD answer) are read and dropped.
                 let skip = hdr_off.unwrap_or(body_off);
                 read_exact(conn, skip, limit, uri).await?;
                 let http_head = read_exact(conn, body_off - skip, limit, uri).await?;
-                let http_status = if http_head.is_empty() {
-                    None
-                } else {
-                    wire::http_status(&http_head).ok()
-                };
+                let http_status = if http_head.is_empty() { None } else { wire::http_status(&http_head).ok() };
                 let mut http_body = Vec::new();
                 if body_name != "null-body" {
                     read_chunked(conn, &mut http_body, limit, uri).await?;
@@ -567,11 +465,7 @@ impl IcapClient {
                     Some(threats) => {
                         let mut replacement = http_head;
                         replacement.extend_from_slice(&http_body);
-                        Verdict::Infected {
-                            threats,
-                            engine: uri.to_string(),
-                            replacement: Some(replacement),
-                        }
+                        Verdict::Infected { threats, engine: uri.to_string(), replacement: Some(replacement) }
                     }
                     // The service returned the message without objecting.
                     None => Verdict::Clean,
@@ -579,11 +473,7 @@ impl IcapClient {
                 Ok((verdict, keep))
             }
             code => Err(err(
-                if code >= 500 {
-                    ErrorKind::Unavailable
-                } else {
-                    ErrorKind::Protocol
-                },
+                if code >= 500 { ErrorKind::Unavailable } else { ErrorKind::Protocol },
                 format!("ICAP service {uri} answered {code}"),
             )),
         }
@@ -592,10 +482,7 @@ impl IcapClient {
 
 impl Service {
     fn suspended(&self) -> bool {
-        let mut until = self
-            .suspended_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut until = self.suspended_until.lock().unwrap_or_else(|p| p.into_inner());
         match *until {
             Some(t) if Instant::now() < t => true,
             Some(_) => {
@@ -610,26 +497,16 @@ impl Service {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= settings.failures_before_suspend {
             self.failures.store(0, Ordering::Relaxed);
-            *self
-                .suspended_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + settings.suspend);
+            *self.suspended_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + settings.suspend);
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
             *self.options.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            log::warn!(
-                "ICAP service {} suspended for {:?} after {n} failures",
-                self.url.url,
-                settings.suspend
-            );
+            log::warn!("ICAP service {} suspended for {:?} after {n} failures", self.url.url, settings.suspend);
         }
     }
 
     fn put_back(&self, conn: Conn) {
         if conn.buf.is_empty() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         }
     }
 }
@@ -637,19 +514,13 @@ impl Service {
 async fn fill(conn: &mut Conn, limit: Instant, uri: &str) -> Result<(), Verdict> {
     let mut tmp = [0u8; 16 * 1024];
     match tokio::time::timeout_at(limit.into(), conn.stream.get_mut().read(&mut tmp)).await {
-        Ok(Ok(0)) => Err(err(
-            ErrorKind::Protocol,
-            format!("ICAP service {uri} closed the connection mid-answer"),
-        )),
+        Ok(Ok(0)) => Err(err(ErrorKind::Protocol, format!("ICAP service {uri} closed the connection mid-answer"))),
         Ok(Ok(n)) => {
             conn.buf.extend_from_slice(&tmp[..n]);
             Ok(())
         }
         Ok(Err(e)) => Err(io_verdict("reading", uri, &e)),
-        Err(_) => Err(err(
-            ErrorKind::Timeout,
-            format!("ICAP service {uri} did not answer in time"),
-        )),
+        Err(_) => Err(err(ErrorKind::Timeout, format!("ICAP service {uri} did not answer in time"))),
     }
 }
 
@@ -658,10 +529,7 @@ async fn read_head(conn: &mut Conn, limit: Instant, uri: &str) -> Result<Respons
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(io_verdict("sending", uri, &e)),
         Err(_) => {
-            return Err(err(
-                ErrorKind::Timeout,
-                format!("ICAP service {uri}: sending timed out"),
-            ));
+            return Err(err(ErrorKind::Timeout, format!("ICAP service {uri}: sending timed out")));
         }
     }
     loop {
@@ -670,26 +538,15 @@ async fn read_head(conn: &mut Conn, limit: Instant, uri: &str) -> Result<Respons
             return wire::parse_head(&head).map_err(|e| wire_verdict(uri, e));
         }
         if conn.buf.len() > MAX_HEAD {
-            return Err(wire_verdict(
-                uri,
-                WireError("head longer than 64 KiB".into()),
-            ));
+            return Err(wire_verdict(uri, WireError("head longer than 64 KiB".into())));
         }
         fill(conn, limit, uri).await?;
     }
 }
 
-async fn read_exact(
-    conn: &mut Conn,
-    n: usize,
-    limit: Instant,
-    uri: &str,
-) -> Result<Vec<u8>, Verdict> {
+async fn read_exact(conn: &mut Conn, n: usize, limit: Instant, uri: &str) -> Result<Vec<u8>, Verdict> {
     if n > MAX_HEAD {
-        return Err(wire_verdict(
-            uri,
-            WireError(format!("encapsulated head of {n} bytes")),
-        ));
+        return Err(wire_verdict(uri, WireError(format!("encapsulated head of {n} bytes"))));
     }
     while conn.buf.len() < n {
         fill(conn, limit, uri).await?;
@@ -697,18 +554,11 @@ async fn read_exact(
     Ok(conn.buf.drain(..n).collect())
 }
 
-async fn read_chunked(
-    conn: &mut Conn,
-    out: &mut Vec<u8>,
-    limit: Instant,
-    uri: &str,
-) -> Result<(), Verdict> {
+async fn read_chunked(conn: &mut Conn, out: &mut Vec<u8>, limit: Instant, uri: &str) -> Result<(), Verdict> {
     let mut dec = ChunkedDecoder::default();
     let mut scratch = Vec::new();
     loop {
-        let used = dec
-            .decode(&conn.buf, &mut scratch)
-            .map_err(|e| wire_verdict(uri, e))?;
+        let used = dec.decode(&conn.buf, &mut scratch).map_err(|e| wire_verdict(uri, e))?;
         conn.buf.drain(..used);
         if out.len() < MAX_REPLACEMENT {
             let room = MAX_REPLACEMENT - out.len();

@@ -30,13 +30,8 @@ pub struct ServiceOptions {
 }
 
 fn list(v: Option<&str>) -> Vec<String> {
-    v.map(|v| {
-        v.split(',')
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !s.is_empty())
-            .collect()
-    })
-    .unwrap_or_default()
+    v.map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default()
 }
 
 impl ServiceOptions {
@@ -45,25 +40,13 @@ impl ServiceOptions {
         ServiceOptions {
             methods: head
                 .get("Methods")
-                .map(|m| {
-                    m.split(',')
-                        .map(|s| s.trim().to_ascii_uppercase())
-                        .collect()
-                })
+                .map(|m| m.split(',').map(|s| s.trim().to_ascii_uppercase()).collect())
                 .unwrap_or_default(),
             istag: head.get("ISTag").map(str::to_string),
             preview: head.get("Preview").and_then(|p| p.trim().parse().ok()),
-            allow_204: head
-                .get("Allow")
-                .is_some_and(|a| a.split(',').any(|x| x.trim() == "204")),
-            max_connections: head
-                .get("Max-Connections")
-                .and_then(|p| p.trim().parse().ok())
-                .filter(|&n| n > 0),
-            ttl: head
-                .get("Options-TTL")
-                .and_then(|p| p.trim().parse().ok())
-                .map(Duration::from_secs),
+            allow_204: head.get("Allow").is_some_and(|a| a.split(',').any(|x| x.trim() == "204")),
+            max_connections: head.get("Max-Connections").and_then(|p| p.trim().parse().ok()).filter(|&n| n > 0),
+            ttl: head.get("Options-TTL").and_then(|p| p.trim().parse().ok()).map(Duration::from_secs),
             transfer_preview: list(head.get("Transfer-Preview")),
             transfer_ignore: list(head.get("Transfer-Ignore")),
             transfer_complete: list(head.get("Transfer-Complete")),
@@ -78,11 +61,7 @@ impl ServiceOptions {
     /// Preview size to use for a body named `name` (URL or file name):
     /// none for Transfer-Complete extensions.
     pub fn preview_for(&self, name: &str) -> Option<usize> {
-        let ext = name
-            .rsplit('/')
-            .next()
-            .and_then(|f| f.rsplit_once('.'))
-            .map(|(_, e)| e.to_ascii_lowercase());
+        let ext = name.rsplit('/').next().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
         if let Some(ext) = ext {
             if self.transfer_complete.iter().any(|e| *e == ext) {
                 return None;

@@ -87,11 +87,7 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
 
 /// The last chunk: `0; ieof` when the preview holds the whole body.
 pub fn last_chunk(ieof: bool) -> &'static [u8] {
-    if ieof {
-        b"0; ieof\r\n\r\n"
-    } else {
-        b"0\r\n\r\n"
-    }
+    if ieof { b"0; ieof\r\n\r\n" } else { b"0\r\n\r\n" }
 }
 
 struct ByteWriter<'a>(&'a mut Vec<u8>);
@@ -116,10 +112,7 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// First value of header `name` (case-insensitive).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Offsets from the Encapsulated header, e.g. `[("res-hdr", 0), ("res-body", 120)]`.
@@ -129,14 +122,9 @@ impl ResponseHead {
         };
         v.split(',')
             .map(|part| {
-                let (name, off) = part
-                    .trim()
-                    .split_once('=')
-                    .ok_or_else(|| bad(format!("Encapsulated part {part:?}")))?;
-                let off = off
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(format!("Encapsulated offset {off:?}")))?;
+                let (name, off) =
+                    part.trim().split_once('=').ok_or_else(|| bad(format!("Encapsulated part {part:?}")))?;
+                let off = off.trim().parse().map_err(|_| bad(format!("Encapsulated offset {off:?}")))?;
                 Ok((name.trim().to_ascii_lowercase(), off))
             })
             .collect()
@@ -170,16 +158,12 @@ pub fn parse_head(head: &[u8]) -> Result<ResponseHead, WireError> {
         }
         if line.starts_with([' ', '\t']) {
             // Folded continuation (X-Violations-Found uses it).
-            let (_, v) = headers
-                .last_mut()
-                .ok_or_else(|| bad("continuation line before any header"))?;
+            let (_, v) = headers.last_mut().ok_or_else(|| bad("continuation line before any header"))?;
             v.push('\n');
             v.push_str(line.trim());
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| bad(format!("header line {line:?}")))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| bad(format!("header line {line:?}")))?;
         if name.is_empty() || name.contains(' ') {
             return Err(bad(format!("header name {name:?}")));
         }
@@ -230,22 +214,13 @@ impl ChunkedDecoder {
                         continue;
                     }
                     let line = std::mem::take(&mut self.line);
-                    let line = line
-                        .strip_suffix(b"\r")
-                        .ok_or_else(|| bad("bare LF in chunked body"))?;
+                    let line = line.strip_suffix(b"\r").ok_or_else(|| bad("bare LF in chunked body"))?;
                     self.state = match self.state {
                         ChunkState::Size => {
                             let size = line.split(|&c| c == b';').next().unwrap_or_default();
-                            let size = std::str::from_utf8(size)
-                                .map_err(|_| bad("chunk size"))?
-                                .trim();
-                            let n = usize::from_str_radix(size, 16)
-                                .map_err(|_| bad(format!("chunk size {size:?}")))?;
-                            if n == 0 {
-                                ChunkState::Trailer
-                            } else {
-                                ChunkState::Data(n)
-                            }
+                            let size = std::str::from_utf8(size).map_err(|_| bad("chunk size"))?.trim();
+                            let n = usize::from_str_radix(size, 16).map_err(|_| bad(format!("chunk size {size:?}")))?;
+                            if n == 0 { ChunkState::Trailer } else { ChunkState::Data(n) }
                         }
                         ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
                         ChunkState::DataEnd => return Err(bad("chunk data longer than its size")),
@@ -257,11 +232,7 @@ impl ChunkedDecoder {
                     let take = n.min(input.len() - i);
                     out.extend_from_slice(&input[i..i + take]);
                     i += take;
-                    self.state = if take == n {
-                        ChunkState::DataEnd
-                    } else {
-                        ChunkState::Data(n - take)
-                    };
+                    self.state = if take == n { ChunkState::DataEnd } else { ChunkState::Data(n - take) };
                 }
                 ChunkState::Done => {}
             }
@@ -275,9 +246,7 @@ pub fn http_status(head: &[u8]) -> Result<u16, WireError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut res = httparse::Response::new(&mut headers);
     match res.parse(head) {
-        Ok(httparse::Status::Complete(_)) => res
-            .code
-            .ok_or_else(|| bad("encapsulated HTTP response has no status")),
+        Ok(httparse::Status::Complete(_)) => res.code.ok_or_else(|| bad("encapsulated HTTP response has no status")),
         Ok(httparse::Status::Partial) => Err(bad("encapsulated HTTP head is incomplete")),
         Err(e) => Err(bad(format!("encapsulated HTTP head: {e}"))),
     }
@@ -292,11 +261,7 @@ mod tests {
         // RFC 3507 §4.8.2: req-hdr=0, res-hdr=<len of req-hdr>, res-body=<sum>.
         let req = b"GET /origin-resource HTTP/1.1\r\nHost: www.origin-server.com\r\n\r\n";
         let res = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n";
-        let enc = Encapsulated {
-            req_hdr: Some(req),
-            res_hdr: Some(res),
-            body: true,
-        };
+        let enc = Encapsulated { req_hdr: Some(req), res_hdr: Some(res), body: true };
         let out = request_head(
             "RESPMOD",
             "icap://icap.example.org/satisf",
@@ -305,7 +270,9 @@ mod tests {
             &enc,
         );
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("RESPMOD icap://icap.example.org/satisf ICAP/1.0\r\nHost: icap.example.org\r\nAllow: 204\r\n"));
+        assert!(text.starts_with(
+            "RESPMOD icap://icap.example.org/satisf ICAP/1.0\r\nHost: icap.example.org\r\nAllow: 204\r\n"
+        ));
         assert!(text.contains(&format!(
             "Encapsulated: req-hdr=0, res-hdr={}, res-body={}\r\n\r\n",
             req.len(),
@@ -317,41 +284,21 @@ mod tests {
     #[test]
     fn reqmod_and_null_body() {
         let req = b"POST /x HTTP/1.1\r\nHost: h\r\n\r\n";
-        let enc = Encapsulated {
-            req_hdr: Some(req),
-            res_hdr: None,
-            body: true,
-        };
+        let enc = Encapsulated { req_hdr: Some(req), res_hdr: None, body: true };
         let t = String::from_utf8(request_head("REQMOD", "icap://h/s", "h", &[], &enc)).unwrap();
-        assert!(
-            t.contains("Encapsulated: req-hdr=0, req-body=29\r\n"),
-            "{t}"
-        );
-        let enc = Encapsulated {
-            req_hdr: Some(req),
-            res_hdr: None,
-            body: false,
-        };
+        assert!(t.contains("Encapsulated: req-hdr=0, req-body=29\r\n"), "{t}");
+        let enc = Encapsulated { req_hdr: Some(req), res_hdr: None, body: false };
         let t = String::from_utf8(request_head("REQMOD", "icap://h/s", "h", &[], &enc)).unwrap();
-        assert!(
-            t.contains("Encapsulated: req-hdr=0, null-body=29\r\n"),
-            "{t}"
-        );
+        assert!(t.contains("Encapsulated: req-hdr=0, null-body=29\r\n"), "{t}");
     }
 
     #[test]
     fn chunks_and_ieof() {
         let mut out = Vec::new();
-        push_chunk(
-            &mut out,
-            b"This is data that was returned by an origin server.",
-        );
+        push_chunk(&mut out, b"This is data that was returned by an origin server.");
         push_chunk(&mut out, b"");
         out.extend_from_slice(last_chunk(true));
-        assert_eq!(
-            out,
-            b"33\r\nThis is data that was returned by an origin server.\r\n0; ieof\r\n\r\n"
-        );
+        assert_eq!(out, b"33\r\nThis is data that was returned by an origin server.\r\n0; ieof\r\n\r\n");
     }
 
     #[test]
@@ -364,11 +311,7 @@ mod tests {
             assert_eq!(a, split);
             let b = d.decode(&body[split..], &mut out).unwrap();
             assert!(d.done());
-            assert_eq!(
-                split + b,
-                body.len() - 4,
-                "stops before what follows the body"
-            );
+            assert_eq!(split + b, body.len() - 4, "stops before what follows the body");
             assert_eq!(out, b"I am posting this information.");
         }
     }
@@ -388,20 +331,9 @@ mod tests {
         let h = parse_head(b"ICAP/1.0 200 OK\r\nISTag: \"W3E4R7U9-L2E4-2\"\r\nX-Violations-Found: 1\r\n\tfile.com\r\n\tEICAR\r\n\t111\r\n\t0\r\nEncapsulated: res-hdr=0, res-body=45\r\n\r\n").unwrap();
         assert_eq!(h.status, 200);
         assert_eq!(h.get("istag"), Some("\"W3E4R7U9-L2E4-2\""));
-        assert_eq!(
-            h.get("X-Violations-Found"),
-            Some("1\nfile.com\nEICAR\n111\n0")
-        );
-        assert_eq!(
-            h.encapsulated().unwrap(),
-            vec![("res-hdr".into(), 0), ("res-body".into(), 45)]
-        );
-        assert_eq!(
-            parse_head(b"ICAP/1.0 204 No Content\r\n\r\n")
-                .unwrap()
-                .status,
-            204
-        );
+        assert_eq!(h.get("X-Violations-Found"), Some("1\nfile.com\nEICAR\n111\n0"));
+        assert_eq!(h.encapsulated().unwrap(), vec![("res-hdr".into(), 0), ("res-body".into(), 45)]);
+        assert_eq!(parse_head(b"ICAP/1.0 204 No Content\r\n\r\n").unwrap().status, 204);
     }
 
     #[test]
@@ -409,11 +341,6 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
         assert!(parse_head(b"ICAP/1.0 abc OK\r\n\r\n").is_err());
         assert!(parse_head(b"ICAP/1.0 200 OK\r\nno colon here\r\n\r\n").is_err());
-        assert!(
-            parse_head(b"ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=x\r\n\r\n")
-                .unwrap()
-                .encapsulated()
-                .is_err()
-        );
+        assert!(parse_head(b"ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=x\r\n\r\n").unwrap().encapsulated().is_err());
     }
 }
