@@ -130,20 +130,25 @@ fn a_held_200_mib_body_keeps_memory_near_spool_memory() {
     if std::env::var_os("GW_MEMORY_CHILD").is_some() {
         let dir = scratch("mem");
         let clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
-        let scanner = Arc::new(Scanner::new(&clamd_config(&clamd, &dir)).unwrap());
+        let port = 20000 + (std::process::id() % 20000) as u16;
+        let (icap, _guard) = CIcap::start_here(&dir.join("icap"), port, &clamd.socket).unwrap();
         let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 31 % 255) as u8).collect();
-        let done = runtime().block_on(async {
-            let mut s = scanner.start(ScanMeta::file("big.bin"), true);
-            for i in 0..3200u32 {
-                let mut c = chunk.clone();
-                c[..4].copy_from_slice(&i.to_le_bytes());
-                s.feed(&c).await;
-            }
-            s.finish().await
-        });
-        assert_eq!(done.outcome.verdict, Verdict::Clean);
-        assert_eq!(done.outcome.bytes, 200 << 20);
-        assert!(done.body.as_ref().is_some_and(|b| b.on_disk()));
+        for backend in [ScanBackend::Clamd, ScanBackend::Icap] {
+            let cfg = Scan { backend, icap: vec![icap.url.clone()], ..clamd_config(&clamd, &dir) };
+            let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+            let done = runtime().block_on(async {
+                let mut s = scanner.start(ScanMeta::file("big.bin"), true);
+                for i in 0..3200u32 {
+                    let mut c = chunk.clone();
+                    c[..4].copy_from_slice(&i.to_le_bytes());
+                    s.feed(&c).await;
+                }
+                s.finish().await
+            });
+            assert_eq!(done.outcome.verdict, Verdict::Clean, "{backend:?}");
+            assert_eq!(done.outcome.bytes, 200 << 20);
+            assert!(done.body.as_ref().is_some_and(|b| b.on_disk()));
+        }
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         println!("CHILD {hwm}");
