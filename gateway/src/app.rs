@@ -9,7 +9,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::Config,
     control,
-    proxy::{self, Context, Kind},
+    detections::Detections,
+    proxy::{
+        self, Context, Kind,
+        http::{HttpContext, page::BlockPage},
+    },
+    scan::Scanner,
     steering::{Steering, guard, preflight, routing::PolicyRouting},
 };
 
@@ -29,9 +34,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     result.and(removed)
 }
 
+/// The scanner, block page and detection log, checked before anything is
+/// steered: a gateway that cannot hold bodies must not start.
+fn http_context(config: &Config) -> anyhow::Result<HttpContext> {
+    let scan = &config.scan;
+    std::fs::create_dir_all(&scan.spool_dir)
+        .with_context(|| format!("creating the spool directory {}", scan.spool_dir.display()))?;
+    tempfile::tempfile_in(&scan.spool_dir)
+        .with_context(|| format!("the spool directory {} is not writable", scan.spool_dir.display()))?;
+    let scanner = Arc::new(Scanner::new(scan).map_err(anyhow::Error::msg)?);
+    let page = BlockPage::load(&config.http.block_page)
+        .with_context(|| format!("reading the block page {}", config.http.block_page.display()))?;
+    let detections = Arc::new(
+        Detections::open(&config.log.detections)
+            .with_context(|| format!("opening the detection log {}", config.log.detections.display()))?,
+    );
+    Ok(HttpContext { cfg: config.http.clone(), scanner, page, detections })
+}
+
 async fn serve(config: &Config) -> anyhow::Result<()> {
+    let http = http_context(config)?;
     let mut steering = Steering::start(&config.steering)?;
-    let ctx = Arc::new(Context { config: config.proxy.clone(), stats: Default::default() });
+    let ctx = Arc::new(Context { config: config.proxy.clone(), stats: Default::default(), http });
 
     let p = &config.proxy;
     let mut tasks = tokio::task::JoinSet::new();
@@ -61,6 +85,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         "gateway running: interfaces {:?}, http ports {:?}, ftp ports {:?}, xdp {:?}",
         config.steering.interfaces, config.steering.http_ports, config.steering.ftp_ports, config.steering.xdp_mode
     );
+    let scanner = ctx.http.scanner.clone();
+    tokio::spawn(async move {
+        // Not fatal: scanning fails closed (or open) per request.
+        match scanner.health().await {
+            Ok(v) => info!("scanner: {} answers: {v}", scanner.backend().describe()),
+            Err(e) => log::warn!("scanner: {} does not answer yet: {e}", scanner.backend().describe()),
+        }
+    });
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

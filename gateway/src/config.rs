@@ -59,6 +59,79 @@ pub struct Config {
     pub control: Control,
     /// The scanning core: backend, policy, spooling.
     pub scan: Scan,
+    /// The HTTP proxy.
+    pub http: Http,
+    /// Logging.
+    pub log: Log,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Scan response bodies (RESPMOD with ICAP).
+    pub scan_downloads: bool,
+    /// Scan request bodies before the server sees them (REQMOD with ICAP).
+    pub scan_uploads: bool,
+    /// HTML template for block pages; empty: the built-in page.
+    pub block_page: PathBuf,
+    /// Trickling a slow scan's body to the client: "off" (not built yet).
+    pub trickle_after: String,
+    /// Remove Range/If-Range from requests so whole objects are scanned.
+    pub strip_range: bool,
+    /// Bodies whose Content-Encoding cannot be undone: block or allow.
+    pub undecodable: Action,
+    /// `Upgrade` (WebSocket): "relay" unscanned or "refuse".
+    pub upgrade: Passage,
+    /// `CONNECT`: "relay" unscanned or "refuse".
+    pub connect: Passage,
+    /// Longest request or response head.
+    pub max_header_bytes: Size,
+    /// Most header lines in a head.
+    pub max_headers: usize,
+    /// How long a client may take to send a request head (also the idle
+    /// time between keep-alive requests).
+    pub head_timeout: Span,
+    /// How long a body may stall, and a server may take to answer.
+    pub body_timeout: Span,
+}
+
+/// Pass something through unscanned, or refuse it.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Passage {
+    /// Relay it byte for byte, unscanned.
+    Relay,
+    /// Refuse it.
+    Refuse,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        use std::time::Duration;
+        Http {
+            scan_downloads: true,
+            scan_uploads: true,
+            block_page: PathBuf::new(),
+            trickle_after: "off".into(),
+            strip_range: true,
+            undecodable: Action::Block,
+            upgrade: Passage::Relay,
+            connect: Passage::Refuse,
+            max_header_bytes: Size(64 << 10),
+            max_headers: 100,
+            head_timeout: Span(Duration::from_secs(60)),
+            body_timeout: Span(Duration::from_secs(120)),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// JSON-lines file for detection records; empty: the log only.
+    pub detections: PathBuf,
 }
 
 /// `[steering]`
@@ -292,6 +365,9 @@ impl Config {
         let ports = [p.http_listener_port, p.ftp_listener_port, p.ftp_data_listener_port];
         if ports.contains(&0) || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
             return Err("proxy listener ports must be distinct and non-zero".into());
+        }
+        if self.http.trickle_after != "off" {
+            return Err("http.trickle_after: only \"off\" is supported so far".into());
         }
         self.scan.validate()
     }

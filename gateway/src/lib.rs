@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod control;
+pub mod detections;
 pub mod policy;
 pub mod proxy;
 pub mod scan;

@@ -123,6 +123,16 @@ impl Spool {
         SpoolError { dir: self.config.dir.clone(), source }
     }
 
+    /// The body, when it is held in memory.
+    pub fn memory(&self) -> Option<&[u8]> {
+        self.file.is_none().then_some(self.memory.as_slice())
+    }
+
+    /// The file holding the body, when it went to disk.
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
     /// A reader over the whole body from the start.
     pub fn reader(&mut self) -> Result<SpoolReader<'_>, SpoolError> {
         if let Some(f) = self.file.as_mut() {

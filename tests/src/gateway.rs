@@ -33,12 +33,28 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     }
 }
 
-/// A configuration for the rig: the client-facing interface, a control
-/// socket in the rig's directory, plus `extra` TOML appended per section.
-pub fn config(rig: &Rig, steering_extra: &str, rest: &str) -> String {
+/// Extra TOML lines per section, on top of what every rig needs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings<'a> {
+    /// Lines for `[steering]`.
+    pub steering: &'a str,
+    /// Lines for `[scan]`.
+    pub scan: &'a str,
+    /// Lines for `[http]`.
+    pub http: &'a str,
+}
+
+/// `[http]` lines that turn scanning off (steering and relay tests).
+pub const NO_SCAN: &str = "scan_downloads = false\nscan_uploads = false";
+
+/// A configuration for the rig: the client-facing interface, and a control
+/// socket, spool directory and detection log in the rig's directory.
+pub fn config(rig: &Rig, s: &Settings<'_>) -> String {
+    let d = rig.dir().display();
     format!(
-        "[steering]\ninterfaces = [\"{CLIENT_IFACE}\"]\n{steering_extra}\n\n[control]\nsocket = \"{}\"\n\n{rest}\n",
-        rig.dir().join("control.sock").display()
+        "[steering]\ninterfaces = [\"{CLIENT_IFACE}\"]\n{}\n\n[control]\nsocket = \"{d}/control.sock\"\n\n\
+         [scan]\nspool_dir = \"{d}/spool\"\n{}\n\n[http]\n{}\n\n[log]\ndetections = \"{d}/detections.jsonl\"\n",
+        s.steering, s.scan, s.http
     )
 }
 
@@ -55,9 +71,9 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the gateway with [`config`]`(rig, steering_extra, rest)`.
-    pub fn start(rig: &mut Rig, steering_extra: &str, rest: &str) -> anyhow::Result<Gateway> {
-        let text = config(rig, steering_extra, rest);
+    /// Starts the gateway with [`config`]`(rig, settings)`.
+    pub fn start(rig: &mut Rig, settings: &Settings<'_>) -> anyhow::Result<Gateway> {
+        let text = config(rig, settings);
         Gateway::start_with(rig, &text)
     }
 
@@ -115,6 +131,12 @@ impl Gateway {
     /// `gateway expect add|del CLIENT SERVER PORT`.
     pub fn expect(&self, op: &str, client: &str, server: &str, port: u16) -> anyhow::Result<()> {
         self.ctl(&["expect", op, client, server, &port.to_string()]).map(|_| ())
+    }
+
+    /// Detection records written so far.
+    pub fn detections(&self) -> Vec<serde_json::Value> {
+        let path = self.log.with_file_name("detections.jsonl");
+        std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Everything the gateway logged so far.

@@ -9,10 +9,16 @@ use std::{process::Output, time::Duration};
 use anyhow::{Context as _, ensure};
 use tests::{
     Gateway, Ns, Rig,
+    gateway::{NO_SCAN, Settings},
     nginx::Nginx,
     rig::{CLIENT_IFACE, CLIENT_V4, CLIENT_V6, GW_SERVER_V4, GW_SERVER_V6, SERVER_V4, SERVER_V6},
     util::{random_file, sha256_file, wait_for},
 };
+
+/// Steering tests look at steering and relaying: HTTP scanning is off.
+fn relay_only(steering: &str) -> Settings<'_> {
+    Settings { steering, http: NO_SCAN, ..Settings::default() }
+}
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -39,7 +45,7 @@ fn intercepts_http_and_keeps_bytes_identical() -> anyhow::Result<()> {
     for (i, (name, len)) in sizes.iter().enumerate() {
         want.push(sha256_file(&random_file(&nginx.www.join(name), *len, i as u64 + 7)?)?);
     }
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw = Gateway::start(&mut rig, &relay_only(""))?;
 
     for ((name, _), want) in sizes.iter().zip(&want) {
         let got = download(&rig, &format!("http://{SERVER_V4}/{name}"), &format!("got-{name}"), &[])?;
@@ -84,7 +90,7 @@ fn intercepts_http_over_ipv6() -> anyhow::Result<()> {
     let mut rig = Rig::new("v6")?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     let want = sha256_file(&random_file(&nginx.www.join("1m"), 1 << 20, 3)?)?;
-    let _gw = Gateway::start(&mut rig, "", "")?;
+    let _gw = Gateway::start(&mut rig, &relay_only(""))?;
     let got = download(&rig, &format!("http://[{SERVER_V6}]/1m"), "got", &[])?;
     assert_eq!(got, want);
     assert_eq!(nginx.last_peer("/1m")?, GW_SERVER_V6);
@@ -96,7 +102,7 @@ fn unsteered_port_udp_and_icmp_are_forwarded_untouched() -> anyhow::Result<()> {
     let mut rig = Rig::new("fwd")?;
     let nginx = Nginx::start(&mut rig, &[80, 8080], 0)?;
     random_file(&nginx.www.join("f"), 1000, 1)?;
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw = Gateway::start(&mut rig, &relay_only(""))?;
 
     download(&rig, &format!("http://{SERVER_V4}:8080/f"), "f", &[])?;
     assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "port 8080 must not be steered");
@@ -126,8 +132,10 @@ fn bypassed_prefix_is_not_steered_and_blocked_prefix_is_dropped() -> anyhow::Res
     let mut rig = Rig::new("bpbl")?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     random_file(&nginx.www.join("f"), 1000, 1)?;
-    let gw =
-        Gateway::start(&mut rig, "bypass = [\"198.18.0.3/32\"]\nblock = [\"198.18.0.4/32\", \"fd00:18::4/128\"]", "")?;
+    let gw = Gateway::start(
+        &mut rig,
+        &relay_only("bypass = [\"198.18.0.3/32\"]\nblock = [\"198.18.0.4/32\", \"fd00:18::4/128\"]"),
+    )?;
 
     download(&rig, &format!("http://{SERVER_V4}/f"), "a", &["--interface", "198.18.0.3"])?;
     assert_eq!(nginx.last_peer("/f")?, "198.18.0.3", "bypassed client was steered");
@@ -150,7 +158,7 @@ fn expectation_steers_a_port_chosen_at_run_time() -> anyhow::Result<()> {
     let port = 20000 + (std::process::id() % 20000) as u16;
     let nginx = Nginx::start(&mut rig, &[port], 0)?;
     random_file(&nginx.www.join("f"), 4096, 1)?;
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw = Gateway::start(&mut rig, &relay_only(""))?;
     let url = format!("http://{SERVER_V4}:{port}/f");
 
     download(&rig, &url, "a", &[])?;
@@ -176,7 +184,7 @@ fn expectation_steers_a_port_chosen_at_run_time() -> anyhow::Result<()> {
 fn refused_upstream_resets_the_client() -> anyhow::Result<()> {
     let mut rig = Rig::new("rst")?;
     let _nginx = Nginx::start(&mut rig, &[80], 0)?;
-    let gw = Gateway::start(&mut rig, "http_ports = [80, 81]", "")?;
+    let gw = Gateway::start(&mut rig, &relay_only("http_ports = [80, 81]"))?;
     let out = rig.curl(&["-sS", "-m", "10", &format!("http://{SERVER_V4}:81/")])?;
     // The handshake with the gateway completes, then the reset arrives:
     // curl reports 56 (reset while receiving) or 7 (reset before it got
@@ -211,7 +219,7 @@ fn teardown(signal: i32, tag: &str) -> anyhow::Result<()> {
     let mut rig = Rig::new(tag)?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     random_file(&nginx.www.join("f"), 1000, 1)?;
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw = Gateway::start(&mut rig, &relay_only(""))?;
     let link = text(&rig.ip(Ns::Gateway, &format!("-d link show {CLIENT_IFACE}"))?);
     assert!(link.contains("xdpgeneric"), "XDP program not attached: {link}");
     download(&rig, &format!("http://{SERVER_V4}/f"), "a", &[])?;
@@ -242,7 +250,7 @@ fn ipv6_client_address_is_seen_when_not_steered() -> anyhow::Result<()> {
     let mut rig = Rig::new("v6fw")?;
     let nginx = Nginx::start(&mut rig, &[8080], 0)?;
     random_file(&nginx.www.join("f"), 10, 1)?;
-    let _gw = Gateway::start(&mut rig, "", "")?;
+    let _gw = Gateway::start(&mut rig, &relay_only(""))?;
     download(&rig, &format!("http://[{SERVER_V6}]:8080/f"), "a", &[])?;
     assert_eq!(nginx.last_peer("/f")?, CLIENT_V6);
     Ok(())
@@ -253,7 +261,7 @@ fn client_reusing_a_port_in_gateway_time_wait_connects_at_once() -> anyhow::Resu
     let mut rig = Rig::new("twre")?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     random_file(&nginx.www.join("f"), 100, 1)?;
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw = Gateway::start(&mut rig, &relay_only(""))?;
     // The client reads to EOF before closing, so the gateway's client-side
     // socket is the one that ends in TIME_WAIT; the same client port again
     // must not wait for it to expire (connect times out after 5 s).

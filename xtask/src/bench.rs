@@ -100,7 +100,8 @@ pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
     eprintln!("bench relay: direct forwarding ({RUNS} runs per bulk figure, {seconds}s per rate)");
     let direct = measure(&rig, &big, &upload, seconds)?;
     eprintln!("bench relay: through the gateway");
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw =
+        Gateway::start(&mut rig, &tests::gateway::Settings { http: tests::gateway::NO_SCAN, ..Default::default() })?;
     let steered = measure(&rig, &big, &upload, seconds)?;
     let flows = gw.counter("/proxy/flows_total")?;
     gw.stop(&mut rig, libc::SIGTERM)?;

@@ -26,7 +26,8 @@ pub fn run() -> anyhow::Result<()> {
     let upload = random_file(&rig.dir().join("10m.bin"), 10 << 20, 3)?;
     println!("rig: client {CLIENT_V4} → gateway (namespace {}) → server {SERVER_V4}", rig.name(Ns::Gateway));
     println!("gateway: built-in defaults (config/gateway.toml), steering on cli0\n");
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw =
+        Gateway::start(&mut rig, &tests::gateway::Settings { http: tests::gateway::NO_SCAN, ..Default::default() })?;
 
     let mut rows = Vec::new();
     for (what, url, file, path) in [
@@ -104,7 +105,8 @@ pub fn interactive() -> anyhow::Result<()> {
     let mut rig = Rig::new("hand")?;
     let nginx = Nginx::start(&mut rig, &[80, 8080], 1)?;
     random_file(&nginx.www.join("1m.bin"), 1 << 20, 2)?;
-    let gw = Gateway::start(&mut rig, "", "")?;
+    let gw =
+        Gateway::start(&mut rig, &tests::gateway::Settings { http: tests::gateway::NO_SCAN, ..Default::default() })?;
     println!("client:  ip netns exec {} curl http://{SERVER_V4}/1m.bin -o /dev/null", rig.name(Ns::Client));
     println!(
         "gateway: ip netns exec {} {} stats --socket {}",

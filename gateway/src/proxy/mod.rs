@@ -2,8 +2,10 @@
 //!
 //! Each listener kind (HTTP, FTP control, FTP data) has one accept loop per
 //! address family. A flow's original destination is the accepted socket's
-//! local address; the gateway connects there from its own address.
+//! local address; the gateway connects there from its own address, then
+//! serves HTTP flows with [`http`] and relays the others byte for byte.
 
+pub mod http;
 pub mod listener;
 pub mod relay;
 
@@ -59,6 +61,8 @@ pub struct Context {
     pub config: config::Proxy,
     /// Shared counters.
     pub stats: ProxyStats,
+    /// The HTTP proxy's settings, scanner and block page.
+    pub http: http::HttpContext,
 }
 
 /// Accepts flows on `listener` until the task is dropped.
@@ -96,7 +100,14 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) 
         }
     };
     let counts = relay::Counts::default();
-    let end = relay::relay(&client, &upstream, ctx.config.relay_pipe_size, &counts).await;
+    let scanning = ctx.http.cfg.scan_downloads || ctx.http.cfg.scan_uploads;
+    let end = match kind {
+        Kind::Http if scanning => http::serve(client, peer, dst, upstream, &ctx.http, &counts).await,
+        // With HTTP scanning off there is nothing to parse: relay in the kernel.
+        Kind::Http | Kind::FtpControl | Kind::FtpData => {
+            relay::relay(&client, &upstream, ctx.config.relay_pipe_size, &counts).await.to_string()
+        }
+    };
     let up = counts.up.load(Ordering::Relaxed);
     let down = counts.down.load(Ordering::Relaxed);
     ctx.stats.bytes_up.fetch_add(up, Ordering::Relaxed);

@@ -241,22 +241,33 @@ impl Session {
         &self.meta
     }
 
-    /// Bytes fed so far.
+    /// Bytes scanned so far.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    /// Feeds the next piece of the body. Never fails: problems become the
-    /// verdict at [`Session::finish`].
+    /// Feeds the next piece of the body: held and scanned as it is. Never
+    /// fails: problems become the verdict at [`Session::finish`].
     pub async fn feed(&mut self, chunk: &[u8]) {
-        if chunk.is_empty() {
-            return;
-        }
+        self.hold(chunk);
+        self.scan(chunk).await;
+    }
+
+    /// Holds bytes for delivery without scanning them (the encoded form of
+    /// a body whose decoded form goes to [`Session::scan`]).
+    pub fn hold(&mut self, chunk: &[u8]) {
         if let Some(spool) = self.spool.as_mut() {
             if let Err(e) = spool.write(chunk) {
                 self.spool_error = Some(e.to_string());
                 self.spool = None;
             }
+        }
+    }
+
+    /// Scans bytes without holding them.
+    pub async fn scan(&mut self, chunk: &[u8]) {
+        if chunk.is_empty() {
+            return;
         }
         self.hasher.update(chunk);
         self.bytes += chunk.len() as u64;

@@ -1,0 +1,202 @@
+//! Reading message bodies by their framing, strictly: a chunk size that is
+//! not plain hex, a missing CRLF after chunk data, or a body cut short is an
+//! error, never a guess.
+
+use std::time::Duration;
+
+use super::{
+    conn::{Conn, ReadError},
+    head::Framing,
+};
+
+/// A body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Invalid chunked encoding.
+    #[error("invalid chunked body: {0}")]
+    Invalid(String),
+    /// The peer closed before the body ended.
+    #[error("body cut short after {0} bytes")]
+    Short(u64),
+    /// No data within the idle timeout.
+    #[error("body timed out")]
+    Timeout,
+    /// Socket error.
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+impl From<ReadError> for BodyError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Timeout => BodyError::Timeout,
+            ReadError::Io(e) => BodyError::Io(e),
+            ReadError::Closed | ReadError::TooLarge(_) | ReadError::BareLf => BodyError::Invalid(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Close,
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    Done,
+}
+
+/// Pulls a body out of a connection piece by piece.
+pub struct BodyReader {
+    state: State,
+    read: u64,
+    idle: Duration,
+}
+
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 8192;
+
+impl BodyReader {
+    /// A reader for a body framed by `framing`.
+    pub fn new(framing: Framing, idle: Duration) -> BodyReader {
+        let state = match framing {
+            Framing::None | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        };
+        BodyReader { state, read: 0, idle }
+    }
+
+    /// Body bytes returned so far.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// The next piece of body, `None` at its end.
+    pub async fn next(&mut self, conn: &mut Conn) -> Result<Option<Vec<u8>>, BodyError> {
+        loop {
+            match self.state {
+                State::Done => return Ok(None),
+                State::Length(left) => {
+                    if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
+                        return Err(BodyError::Short(self.read));
+                    }
+                    let n = (left.min(conn.buffered().len() as u64)) as usize;
+                    let piece = conn.buffered()[..n].to_vec();
+                    conn.consume(n);
+                    self.state = if left == n as u64 { State::Done } else { State::Length(left - n as u64) };
+                    self.read += n as u64;
+                    return Ok(Some(piece));
+                }
+                State::Close => {
+                    if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
+                        self.state = State::Done;
+                        return Ok(None);
+                    }
+                    let piece = conn.buffered().to_vec();
+                    conn.consume(piece.len());
+                    self.read += piece.len() as u64;
+                    return Ok(Some(piece));
+                }
+                State::ChunkSize => {
+                    let line = self.line(conn).await?;
+                    self.state = match parse_chunk_size(&line)? {
+                        0 => State::Trailers,
+                        n => State::ChunkData(n),
+                    };
+                }
+                State::ChunkData(left) => {
+                    if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
+                        return Err(BodyError::Short(self.read));
+                    }
+                    let n = (left.min(conn.buffered().len() as u64)) as usize;
+                    let piece = conn.buffered()[..n].to_vec();
+                    conn.consume(n);
+                    self.state = if left == n as u64 { State::ChunkEnd } else { State::ChunkData(left - n as u64) };
+                    self.read += n as u64;
+                    return Ok(Some(piece));
+                }
+                State::ChunkEnd => {
+                    let line = self.line(conn).await?;
+                    if !line.is_empty() {
+                        return Err(BodyError::Invalid("chunk data longer than its size".into()));
+                    }
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => {
+                    // Trailer fields are read and dropped: the gateway
+                    // re-frames what it delivers with Content-Length.
+                    let line = self.line(conn).await?;
+                    if line.is_empty() {
+                        self.state = State::Done;
+                    } else if line[0] == b' ' || line[0] == b'\t' || !line.contains(&b':') {
+                        return Err(BodyError::Invalid("malformed trailer".into()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One CRLF-terminated line, without the CRLF.
+    async fn line(&mut self, conn: &mut Conn) -> Result<Vec<u8>, BodyError> {
+        loop {
+            let buf = conn.buffered();
+            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                if i == 0 || buf[i - 1] != b'\r' {
+                    return Err(BodyError::Invalid("bare LF".into()));
+                }
+                let line = buf[..i - 1].to_vec();
+                if line.contains(&b'\r') {
+                    return Err(BodyError::Invalid("bare CR".into()));
+                }
+                conn.consume(i + 1);
+                return Ok(line);
+            }
+            if buf.len() > MAX_LINE {
+                return Err(BodyError::Invalid("line too long".into()));
+            }
+            if conn.fill(self.idle).await? == 0 {
+                return Err(BodyError::Short(self.read));
+            }
+        }
+    }
+}
+
+/// `1a2b` or `1a2b;ext=val`: hex digits only, at most 16 of them.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, BodyError> {
+    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+    let size = size.strip_suffix(b" ").unwrap_or(size);
+    if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
+        return Err(BodyError::Invalid(format!("chunk size {:?}", String::from_utf8_lossy(line))));
+    }
+    let s = std::str::from_utf8(size).map_err(|_| BodyError::Invalid("chunk size".into()))?;
+    u64::from_str_radix(s, 16).map_err(|_| BodyError::Invalid(format!("chunk size {s:?}")))
+}
+
+/// Chunk framing for `data` (nothing for empty data).
+pub fn chunk(data: &[u8]) -> Vec<u8> {
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(parse_chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(parse_chunk_size(b"1A;name=value").unwrap(), 26);
+        assert!(parse_chunk_size(b"0x1a").is_err());
+        assert!(parse_chunk_size(b"-1").is_err());
+        assert!(parse_chunk_size(b"").is_err());
+        assert!(parse_chunk_size(b" 1a").is_err());
+        assert!(parse_chunk_size(b"1a\t").is_err());
+        assert!(parse_chunk_size(b"11111111111111111").is_err());
+        assert!(parse_chunk_size(b"g").is_err());
+    }
+}

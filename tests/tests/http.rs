@@ -1,0 +1,333 @@
+//! The scanning HTTP proxy on steered flows (issue 4): real curl and raw
+//! sockets in the client namespace, real nginx for plain files, real clamd.
+//! Responses nginx will not produce (hand-framed, encoded, malformed) come
+//! from a small test server written here (Python, port 8081), which is a
+//! peer for framing cases, not a fake of anything the gateway talks to.
+
+use std::{path::PathBuf, process::Output, time::Duration};
+
+use anyhow::ensure;
+use tests::{
+    Gateway, Ns, Rig,
+    clamd::{Clamd, eicar},
+    gateway::Settings,
+    nginx::Nginx,
+    rig::{GW_SERVER_V4, SERVER_V4},
+    util::{random_file, sha256, sha256_file, wait_for},
+};
+
+struct Env {
+    rig: Rig,
+    nginx: Nginx,
+    clamd: Clamd,
+    gw: Option<Gateway>,
+}
+
+const HAND_SERVER: &str = r#"
+import gzip, socket, threading
+E = b'X5O!P%@AP[4\\PZX54(P^)7CC)7}$' + b'EICAR-STANDARD-' + b'ANTIVIRUS-TEST-FILE!$H+H*'
+def resp(head, body=b''):
+    return head.replace('\n', '\r\n').encode() + b'\r\n' + body
+def clen(extra, body):
+    return resp('HTTP/1.1 200 OK\nContent-Length: %d\n%s' % (len(body), extra), body)
+R = {
+ '/gz-eicar': clen('Content-Encoding: gzip\n', gzip.compress(E)),
+ '/gz2-eicar': clen('Content-Encoding: gzip, gzip\n', gzip.compress(gzip.compress(E))),
+ '/gz-clean': clen('Content-Encoding: gzip\n', gzip.compress(b'just text ' * 1000)),
+ '/bad-gzip': clen('Content-Encoding: gzip\n', b'this is not gzip at all'),
+ '/compress': clen('Content-Encoding: compress\n', b'whatever'),
+ '/chunked1-eicar': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b''.join(b'1\r\n' + bytes([c]) + b'\r\n' for c in E) + b'0\r\n\r\n'),
+ '/close-eicar': resp('HTTP/1.0 200 OK\n', E),
+ '/close-clean': resp('HTTP/1.0 200 OK\n', b'clean body until close'),
+ '/204': resp('HTTP/1.1 204 No Content\n'),
+ '/304': resp('HTTP/1.1 304 Not Modified\nETag: "x"\n'),
+ '/te-cl': resp('HTTP/1.1 200 OK\nContent-Length: 5\nTransfer-Encoding: chunked\n', b'5\r\nhello\r\n0\r\n\r\n'),
+ '/bad-chunk': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b'zz\r\nhello\r\n0\r\n\r\n'),
+}
+def serve(c):
+    buf = b''
+    while True:
+        while b'\r\n\r\n' not in buf:
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+        head, buf = buf.split(b'\r\n\r\n', 1)
+        path = head.split(b' ')[1].decode()
+        out = R.get(path, resp('HTTP/1.1 404 Not Found\nContent-Length: 0\n'))
+        c.sendall(out)
+        if path.startswith('/close'):
+            c.close()
+            return
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('::', 8081)); s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+fn setup(tag: &str, scan: &str) -> anyhow::Result<Env> {
+    let mut rig = Rig::new(tag)?;
+    let nginx = Nginx::start(&mut rig, &[80], 0)?;
+    std::fs::write(nginx.www.join("eicar.com"), eicar())?;
+    let mut big = random_bytes(10 << 20);
+    big.extend_from_slice(&eicar());
+    std::fs::write(nginx.www.join("tail-10m.bin"), &big)?;
+    let py = format!(
+        "import zipfile\nz=zipfile.ZipFile('{}/eicar.zip','w',zipfile.ZIP_DEFLATED); z.writestr('a/eicar.com',open('{}/eicar.com','rb').read()); z.close()",
+        nginx.www.display(),
+        nginx.www.display()
+    );
+    ensure!(std::process::Command::new("python3").args(["-c", &py]).status()?.success());
+    let mut cmd = rig.cmd(Ns::Server, "python3");
+    cmd.args(["-c", HAND_SERVER]);
+    let log = rig.dir().join("hand-server.log");
+    rig.spawn(cmd, &log)?;
+    wait_for("the hand-framing server", Duration::from_secs(10), || {
+        let out = rig.run(Ns::Server, "ss", &["-Hltn", "sport = :8081"]).ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })?;
+    let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
+    let scan = format!("clamd = \"{}\"\n{scan}", clamd.addr());
+    let gw = Gateway::start(&mut rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http: "" })?;
+    Ok(Env { rig, nginx, clamd, gw: Some(gw) })
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+impl Env {
+    fn gw(&self) -> &Gateway {
+        self.gw.as_ref().expect("gateway running")
+    }
+
+    /// curl GET; returns (status, body file).
+    fn get(&self, url: &str, extra: &[&str]) -> anyhow::Result<(u16, PathBuf)> {
+        let dest = self.rig.dir().join(format!("got-{}", sha256(url.as_bytes())));
+        let d = dest.to_string_lossy().to_string();
+        let mut args = vec!["-sS", "-m", "60", "-o", &d, "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(url);
+        let out = self.rig.curl(&args)?;
+        ensure!(out.status.success(), "curl {url}: {}", text(&out));
+        Ok((String::from_utf8_lossy(&out.stdout).trim().parse()?, dest))
+    }
+
+    /// Raw bytes to the server's port through a client socket; returns all
+    /// bytes received until the gateway closes or 3 s of silence.
+    fn raw(&self, port: u16, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
+        let py = format!(
+            "import socket,sys\ns=socket.create_connection(('{SERVER_V4}',{port}))\ns.settimeout(3)\ns.sendall(bytes.fromhex('{hex}'))\nd=b''\n\
+             try:\n    while True:\n        c=s.recv(65536)\n        if not c: break\n        d+=c\nexcept OSError: pass\nsys.stdout.buffer.write(d)\n"
+        );
+        let out = self.rig.run(Ns::Client, "python3", &["-c", &py])?;
+        Ok(out.stdout)
+    }
+}
+
+fn status_lines(raw: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(raw).lines().filter(|l| l.starts_with("HTTP/1.")).map(str::to_string).collect()
+}
+
+#[test]
+fn clean_downloads_arrive_identical() -> anyhow::Result<()> {
+    let env = setup("hclean", "")?;
+    for (name, len) in [("0b", 0u64), ("1k", 1024), ("1m", 1 << 20), ("100m", 100 << 20)] {
+        let want = sha256_file(&random_file(&env.nginx.www.join(name), len, len + 1)?)?;
+        let (status, got) = env.get(&format!("http://{SERVER_V4}/{name}"), &[])?;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(sha256_file(&got)?, want, "{name} differs");
+        assert_eq!(env.nginx.last_peer(&format!("/{name}"))?, GW_SERVER_V4);
+    }
+    // Encoded clean content and close-delimited bodies pass too, unchanged.
+    let (s, got) = env.get(&format!("http://{SERVER_V4}:8081/gz-clean"), &[])?;
+    assert_eq!(s, 200);
+    assert_eq!(&std::fs::read(&got)?[..2], &[0x1f, 0x8b], "delivered as the server sent it (gzip)");
+    let (s, got) = env.get(&format!("http://{SERVER_V4}:8081/close-clean"), &[])?;
+    assert_eq!((s, std::fs::read(&got)?), (200, b"clean body until close".to_vec()));
+    Ok(())
+}
+
+#[test]
+fn infected_downloads_are_blocked_in_every_form() -> anyhow::Result<()> {
+    let env = setup("hinf", "")?;
+    for path in [
+        format!("http://{SERVER_V4}/eicar.com"),
+        format!("http://{SERVER_V4}/eicar.zip"),
+        format!("http://{SERVER_V4}/tail-10m.bin"),
+        format!("http://{SERVER_V4}:8081/gz-eicar"),
+        format!("http://{SERVER_V4}:8081/gz2-eicar"),
+        format!("http://{SERVER_V4}:8081/chunked1-eicar"),
+        format!("http://{SERVER_V4}:8081/close-eicar"),
+    ] {
+        let (status, got) = env.get(&path, &[])?;
+        let page = std::fs::read_to_string(&got)?;
+        assert_eq!(status, 403, "{path}: {page}");
+        assert!(page.contains("Test.EICAR"), "{path}: no threat name in the page: {page}");
+        assert!(!page.contains("EICAR-STANDARD-ANTIVIRUS"), "{path}: the payload reached the client");
+    }
+    let records = env.gw().detections();
+    assert_eq!(records.len(), 7, "{records:#?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["kind"] == "http-download" && r["client"].as_str().is_some_and(|c| c.starts_with("198.18.0.2")))
+    );
+    // Undecodable content is blocked, not passed unscanned.
+    for p in ["bad-gzip", "compress"] {
+        let (status, _) = env.get(&format!("http://{SERVER_V4}:8081/{p}"), &[])?;
+        assert_eq!(status, 403, "{p}");
+    }
+    Ok(())
+}
+
+#[test]
+fn range_requests_for_infected_files_are_blocked() -> anyhow::Result<()> {
+    let env = setup("hrange", "")?;
+    let (status, got) = env.get(&format!("http://{SERVER_V4}/eicar.com"), &["-r", "0-9"])?;
+    assert_eq!(status, 403, "{}", std::fs::read_to_string(&got)?);
+    Ok(())
+}
+
+#[test]
+fn pipelined_requests_and_keep_alive_after_a_block() -> anyhow::Result<()> {
+    let env = setup("hpipe", "")?;
+    // A text body, so that status lines start lines in the raw stream.
+    std::fs::write(env.nginx.www.join("c1"), "clean text\n".repeat(500))?;
+    let req = b"GET /c1 HTTP/1.1\r\nHost: s\r\n\r\nGET /eicar.com HTTP/1.1\r\nHost: s\r\n\r\nGET /c1 HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n";
+    let raw = env.raw(80, req)?;
+    assert_eq!(
+        status_lines(&raw),
+        ["HTTP/1.1 200 OK", "HTTP/1.1 403 Forbidden", "HTTP/1.1 200 OK"],
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    // One connection carried all three.
+    let lines = env.gw().flow_lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    Ok(())
+}
+
+#[test]
+fn infected_uploads_never_reach_the_server() -> anyhow::Result<()> {
+    let env = setup("hup", "")?;
+    let e = env.rig.dir().join("eicar-up.com");
+    std::fs::write(&e, eicar())?;
+    let out = env.rig.curl(&[
+        "-sS",
+        "-m",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-F",
+        &format!("file=@{}", e.display()),
+        "-F",
+        "note=hello",
+        &format!("http://{SERVER_V4}/upload/form"),
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
+    assert!(env.nginx.log_lines().iter().all(|l| !l.contains("/upload/form")), "the server saw the upload");
+    let records = env.gw().detections();
+    assert!(records.iter().any(|r| r["kind"] == "http-upload"), "{records:#?}");
+    // A clean upload (2 MiB: curl sends Expect: 100-continue) arrives identical.
+    let up = random_file(&env.rig.dir().join("up2m"), 2 << 20, 9)?;
+    let out = env.rig.curl(&[
+        "-sS",
+        "-m",
+        "30",
+        "-w",
+        "%{http_code}",
+        "-T",
+        &up.to_string_lossy(),
+        &format!("http://{SERVER_V4}/upload/up2m"),
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201", "{}", text(&out));
+    assert_eq!(sha256_file(&env.nginx.uploads.join("up2m"))?, sha256_file(&up)?);
+    Ok(())
+}
+
+#[test]
+fn head_204_304_are_bodiless() -> anyhow::Result<()> {
+    let env = setup("hhead", "")?;
+    random_file(&env.nginx.www.join("h"), 3000, 1)?;
+    let out = env.rig.curl(&["-sS", "-I", &format!("http://{SERVER_V4}/h")])?;
+    let t = text(&out);
+    assert!(t.starts_with("HTTP/1.1 200") && t.contains("Content-Length: 3000"), "{t}");
+    let raw = env.raw(8081, b"GET /204 HTTP/1.1\r\nHost: s\r\n\r\nGET /304 HTTP/1.1\r\nHost: s\r\n\r\nGET /nothing HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")?;
+    assert_eq!(
+        status_lines(&raw),
+        ["HTTP/1.1 204 No Content", "HTTP/1.1 304 Not Modified", "HTTP/1.1 404 Not Found"],
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    Ok(())
+}
+
+#[test]
+fn ambiguous_framing_is_refused() -> anyhow::Result<()> {
+    let env = setup("hsmug", "")?;
+    let requests: [&[u8]; 7] = [
+        b"POST /upload/x HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /upload/x HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST /upload/x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        b"POST /upload/x HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: s\r\nX-A: 1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: s\n\n",
+        b"GET / HTTP/1.1\r\nHost: s\r\nContent-Length : 5\r\n\r\nhello",
+    ];
+    for r in requests {
+        let raw = env.raw(80, r)?;
+        assert_eq!(
+            status_lines(&raw),
+            ["HTTP/1.1 400 Bad Request"],
+            "{:?} → {}",
+            String::from_utf8_lossy(r),
+            String::from_utf8_lossy(&raw)
+        );
+    }
+    assert!(env.nginx.log_lines().iter().all(|l| !l.contains("/upload/x")), "a smuggled request reached the server");
+    for path in ["te-cl", "bad-chunk"] {
+        let (status, _) = env.get(&format!("http://{SERVER_V4}:8081/{path}"), &[])?;
+        assert_eq!(status, 502, "{path}");
+    }
+    let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+    let raw = env.raw(80, format!("GET / HTTP/1.1\r\nHost: s\r\n{many}\r\n").as_bytes())?;
+    assert_eq!(status_lines(&raw), ["HTTP/1.1 431 Request Header Fields Too Large"]);
+    Ok(())
+}
+
+#[test]
+fn a_dead_scanner_fails_closed_by_default_and_open_when_configured() -> anyhow::Result<()> {
+    let mut env = setup("hdead", "")?;
+    random_file(&env.nginx.www.join("c"), 1000, 1)?;
+    env.clamd.stop();
+    let (status, got) = env.get(&format!("http://{SERVER_V4}/c"), &[])?;
+    assert_eq!(status, 503, "{}", std::fs::read_to_string(&got)?);
+    let gw = env.gw.take().expect("gateway");
+    gw.stop(&mut env.rig, libc::SIGTERM)?;
+    let scan = format!("clamd = \"{}\"\non_error = \"allow\"", env.clamd.addr());
+    env.gw =
+        Some(Gateway::start(&mut env.rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http: "" })?);
+    let (status, got) = env.get(&format!("http://{SERVER_V4}/c"), &[])?;
+    assert_eq!(status, 200);
+    assert_eq!(sha256_file(&got)?, sha256_file(&env.nginx.www.join("c"))?);
+    Ok(())
+}
