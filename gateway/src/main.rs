@@ -156,8 +156,9 @@ fn scan(
     };
     let worst = rt.block_on(async {
         let mut worst = 0u8;
+        let mut buf = vec![0u8; 256 * 1024];
         for p in &paths {
-            let r = scan_file(&scanner, p).await;
+            let r = scan_file(&scanner, p, &mut buf).await;
             println!("{}", r.line);
             if let (true, Some((bytes, after))) = (timings, r.timing) {
                 eprintln!(

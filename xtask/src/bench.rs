@@ -37,7 +37,7 @@ fn transfer(rig: &Rig, url: &str, upload: Option<&str>) -> anyhow::Result<f64> {
 }
 
 /// wrk: requests/s, p50 ms, p99 ms.
-fn rate(rig: &Rig, url: &str, seconds: u32, keepalive: bool) -> anyhow::Result<(f64, f64, f64)> {
+pub fn rate(rig: &Rig, url: &str, seconds: u32, keepalive: bool) -> anyhow::Result<(f64, f64, f64)> {
     let d = format!("{seconds}s");
     let mut args = vec!["-t2", "-c16", "-d", &d, "--latency"];
     if !keepalive {

@@ -14,7 +14,7 @@ use anyhow::{Context as _, ensure};
 use tests::{cicap::CIcap, clamd::Clamd, util::random_file};
 
 /// CPU seconds used so far by process `pid` (user + system).
-fn cpu_of(pid: u32) -> f64 {
+pub fn cpu_of(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     // Fields after the parenthesised command name; utime and stime are 14 and 15.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
@@ -26,7 +26,7 @@ fn cpu_of(pid: u32) -> f64 {
 }
 
 /// CPU seconds of every c-icap process (the bench runs alone).
-fn cpu_of_cicap() -> f64 {
+pub fn cpu_of_cicap() -> f64 {
     let mut total = 0.0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {

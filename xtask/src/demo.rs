@@ -1,20 +1,28 @@
-//! `cargo xtask demo`: the gateway with its default configuration on the
-//! rig, real traffic through it, and a table of what happened.
+//! `cargo xtask demo`: the gateway with its built-in defaults on the rig,
+//! scanning with a real clamd (the project's test signatures), real traffic
+//! through it, and a table of what happened.
 
 use std::io::BufRead as _;
 
-use anyhow::{Context as _, ensure};
+use anyhow::Context as _;
 use tests::{
     Gateway, Ns, Rig,
+    clamd::{Clamd, eicar},
+    gateway::Settings,
     nginx::Nginx,
     rig::{CLIENT_V4, SERVER_V4, SERVER_V6},
     util::{random_file, sha256_file},
 };
 
 struct Row {
-    what: String,
+    what: &'static str,
     result: String,
-    seen_by_server: String,
+    server_saw: String,
+}
+
+fn curl_code(out: &std::process::Output) -> String {
+    let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() { code } else { format!("curl failed: {}", String::from_utf8_lossy(&out.stderr).trim()) }
 }
 
 /// Runs the demo.
@@ -23,91 +31,130 @@ pub fn run() -> anyhow::Result<()> {
     let nginx = Nginx::start(&mut rig, &[80, 8080], 1)?;
     random_file(&nginx.www.join("100m.bin"), 100 << 20, 1)?;
     random_file(&nginx.www.join("1m.bin"), 1 << 20, 2)?;
+    std::fs::write(nginx.www.join("eicar.com"), eicar())?;
+    let zip = format!(
+        "import zipfile\nz=zipfile.ZipFile('{w}/eicar.zip','w',zipfile.ZIP_DEFLATED); z.writestr('docs/invoice.com',open('{w}/eicar.com','rb').read()); z.close()",
+        w = nginx.www.display()
+    );
+    std::process::Command::new("python3").args(["-c", &zip]).status().context("making eicar.zip")?;
     let upload = random_file(&rig.dir().join("10m.bin"), 10 << 20, 3)?;
+    let eicar_up = rig.dir().join("eicar-upload.com");
+    std::fs::write(&eicar_up, eicar())?;
+
+    let clamd = Clamd::start(rig.dir().join("clamd"), "1000M")?;
     println!("rig: client {CLIENT_V4} → gateway (namespace {}) → server {SERVER_V4}", rig.name(Ns::Gateway));
-    println!("gateway: built-in defaults (config/gateway.toml), steering on cli0\n");
-    let gw =
-        Gateway::start(&mut rig, &tests::gateway::Settings { http: tests::gateway::NO_SCAN, ..Default::default() })?;
+    println!(
+        "gateway: built-in defaults (config/gateway.toml), steering on cli0, scanning with clamd at {}",
+        clamd.addr()
+    );
+    println!("(clamd uses the project's test signatures: tests/data/clamav)\n");
+    let scan = format!("clamd = \"{}\"", clamd.addr());
+    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;
 
     let mut rows = Vec::new();
     for (what, url, file, path) in [
-        ("GET 100 MiB, port 80 (steered)", format!("http://{SERVER_V4}/100m.bin"), "100m.bin", "/100m.bin"),
-        ("GET 1 MiB over IPv6 (steered)", format!("http://[{SERVER_V6}]/1m.bin"), "1m.bin", "/1m.bin"),
-        ("GET 1 MiB, port 8080 (not steered)", format!("http://{SERVER_V4}:8080/1m.bin"), "1m.bin", "/1m.bin"),
+        ("GET 100 MiB clean file", format!("http://{SERVER_V4}/100m.bin"), "100m.bin", "/100m.bin"),
+        ("GET 1 MiB clean file over IPv6", format!("http://[{SERVER_V6}]/1m.bin"), "1m.bin", "/1m.bin"),
+        ("GET eicar.com", format!("http://{SERVER_V4}/eicar.com"), "eicar.com", "/eicar.com"),
+        ("GET eicar.zip (EICAR inside a zip)", format!("http://{SERVER_V4}/eicar.zip"), "eicar.zip", "/eicar.zip"),
+        ("GET 1 MiB on port 8080 (not steered)", format!("http://{SERVER_V4}:8080/1m.bin"), "1m.bin", "/1m.bin"),
     ] {
-        let dest = rig.dir().join(format!("got-{file}"));
+        let dest = rig.dir().join(format!("got-{}", rows.len()));
         let out = rig.curl(&["-sS", "-o", &dest.to_string_lossy(), "-w", "%{http_code} %{speed_download}", &url])?;
-        ensure!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-        let w = String::from_utf8_lossy(&out.stdout).to_string();
+        let w = curl_code(&out);
         let (code, speed) = w.split_once(' ').unwrap_or((&w, "0"));
-        let same = sha256_file(&dest)? == sha256_file(&nginx.www.join(file))?;
-        rows.push(Row {
-            what: what.into(),
-            result: format!(
-                "HTTP {code}, {:.0} MiB/s, sha256 {}",
+        let result = if code == "200" {
+            let same = sha256_file(&dest)? == sha256_file(&nginx.www.join(file))?;
+            format!(
+                "200, {:.0} MiB/s, sha256 {}",
                 speed.parse::<f64>().unwrap_or(0.0) / 1048576.0,
                 if same { "identical" } else { "DIFFERS" }
-            ),
-            seen_by_server: nginx.last_peer(path)?,
-        });
+            )
+        } else {
+            let page = std::fs::read_to_string(&dest).unwrap_or_default();
+            let threat = page
+                .split("<th align=\"left\">Threats</th><td>")
+                .nth(1)
+                .and_then(|t| t.split('<').next())
+                .unwrap_or("?");
+            format!("{code} block page: {threat}")
+        };
+        rows.push(Row { what, result, server_saw: nginx.last_peer(path).unwrap_or_else(|_| "-".into()) });
     }
     let out = rig.curl(&[
         "-sS",
-        "-T",
-        &upload.to_string_lossy(),
+        "-o",
+        "/dev/null",
         "-w",
         "%{http_code}",
+        "-T",
+        &upload.to_string_lossy(),
         &format!("http://{SERVER_V4}/upload/10m.bin"),
     ])?;
     let same = sha256_file(&nginx.uploads.join("10m.bin")).ok() == Some(sha256_file(&upload)?);
     rows.push(Row {
-        what: "PUT 10 MiB, port 80 (steered)".into(),
-        result: format!(
-            "HTTP {}, sha256 {}",
-            String::from_utf8_lossy(&out.stdout),
-            if same { "identical" } else { "DIFFERS" }
-        ),
-        seen_by_server: nginx.last_peer("/upload/10m.bin")?,
+        what: "PUT 10 MiB clean file",
+        result: format!("{}, stored sha256 {}", curl_code(&out), if same { "identical" } else { "DIFFERS" }),
+        server_saw: nginx.last_peer("/upload/10m.bin").unwrap_or_else(|_| "-".into()),
+    });
+    let out = rig.curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-F",
+        &format!("file=@{}", eicar_up.display()),
+        &format!("http://{SERVER_V4}/upload/form"),
+    ])?;
+    rows.push(Row {
+        what: "POST form carrying EICAR",
+        result: format!("{} (blocked before the server saw it)", curl_code(&out)),
+        server_saw: nginx.last_peer("/upload/form").map_or("nothing".into(), |p| format!("{p} (!)")),
     });
 
-    println!("{:<38} {:<42} {}", "what the client did", "result", "server saw the connection from");
-    println!("{}", "-".repeat(110));
+    println!("{:<38} {:<44} server saw the connection from", "what the client did", "result");
+    println!("{}", "-".repeat(112));
     for r in &rows {
-        println!("{:<38} {:<42} {}", r.what, r.result, r.seen_by_server);
+        println!("{:<38} {:<44} {}", r.what, r.result, r.server_saw);
     }
     let stats = gw.stats()?;
     println!("\ngateway counters:");
     println!(
-        "  flows relayed {}, bytes up {}, bytes down {}",
+        "  flows {}, bytes client→server {}, server→client {}",
         stats["proxy"]["flows_total"], stats["proxy"]["bytes_up"], stats["proxy"]["bytes_down"]
     );
     println!(
-        "  TC steering: to listener {} packets, to established sockets {} packets",
-        stats["kernel"]["steer"]["listener"]["packets"], stats["kernel"]["steer"]["established"]["packets"]
-    );
-    println!(
-        "  XDP: tcp {} udp {} icmp {} blocked {} packets",
+        "  TC steering: {} packets to the listener, {} to established sockets; XDP: tcp {} udp {} icmp {} blocked {}",
+        stats["kernel"]["steer"]["listener"]["packets"],
+        stats["kernel"]["steer"]["established"]["packets"],
         stats["kernel"]["xdp"]["tcp"]["packets"],
         stats["kernel"]["xdp"]["udp"]["packets"],
         stats["kernel"]["xdp"]["icmp"]["packets"],
         stats["kernel"]["xdp"]["blocked"]["packets"]
     );
-    println!("\ngateway flow log:");
-    for l in gw.flow_lines() {
+    println!("\ndetection records ({}):", rig.dir().join("detections.jsonl").display());
+    for r in gw.detections() {
+        println!("  {r}");
+    }
+    println!("\nrequest log:");
+    for l in gw.log_text().lines().filter(|l| l.contains(" http] ")) {
         println!("  {l}");
     }
     gw.stop(&mut rig, libc::SIGTERM).context("stopping the gateway")?;
     Ok(())
 }
 
-/// `cargo xtask rig`: a rig to poke at by hand.
+/// `cargo xtask rig`: a rig to poke at by hand (gateway scanning with clamd).
 pub fn interactive() -> anyhow::Result<()> {
     let mut rig = Rig::new("hand")?;
     let nginx = Nginx::start(&mut rig, &[80, 8080], 1)?;
     random_file(&nginx.www.join("1m.bin"), 1 << 20, 2)?;
-    let gw =
-        Gateway::start(&mut rig, &tests::gateway::Settings { http: tests::gateway::NO_SCAN, ..Default::default() })?;
-    println!("client:  ip netns exec {} curl http://{SERVER_V4}/1m.bin -o /dev/null", rig.name(Ns::Client));
+    std::fs::write(nginx.www.join("eicar.com"), eicar())?;
+    let clamd = Clamd::start(rig.dir().join("clamd"), "1000M")?;
+    let scan = format!("clamd = \"{}\"", clamd.addr());
+    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;
+    println!("client:  ip netns exec {} curl http://{SERVER_V4}/eicar.com", rig.name(Ns::Client));
     println!(
         "gateway: ip netns exec {} {} stats --socket {}",
         rig.name(Ns::Gateway),

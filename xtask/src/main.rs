@@ -7,6 +7,7 @@
 //! * `rig` builds a rig and waits, for poking at by hand.
 
 mod bench;
+mod bench_http;
 mod bench_scan;
 mod build;
 mod demo;
@@ -37,7 +38,7 @@ enum Command {
     Bench {
         /// What to measure: `relay` (steering + relay vs direct forwarding)
         /// or `scan` (the scanning core vs clamd's own rate and c-icap-client).
-        #[arg(value_parser = ["relay", "scan"])]
+        #[arg(value_parser = ["relay", "scan", "http"])]
         what: String,
         /// Transfer size in MiB for the bulk figures.
         #[arg(long, default_value_t = 1024)]
@@ -45,6 +46,10 @@ enum Command {
         /// Seconds per request-rate run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// `http`: also measure Squid 6.13 + c-icap (debootstraps Debian 13
+        /// into /var/cache/gateway-bench/trixie once, a few minutes).
+        #[arg(long)]
+        squid: bool,
     },
     /// Build a rig, start nginx and the gateway, print how to reach them and
     /// wait for Enter.
@@ -69,12 +74,18 @@ fn main() -> anyhow::Result<()> {
             build::gateway()?;
             demo::run()
         }
-        Command::Bench { what, mib, seconds } => {
+        Command::Bench { what, mib, seconds, squid } => {
             setup::run()?;
             build::gateway()?;
             match what.as_str() {
                 "relay" => bench::relay(mib, seconds),
                 "scan" => bench_scan::scan(),
+                "http" => {
+                    if squid {
+                        setup::squid_chroot()?;
+                    }
+                    bench_http::http(seconds, squid)
+                }
                 _ => unreachable!("clap restricts the value"),
             }
         }

@@ -21,6 +21,7 @@ const APT_PACKAGES: &[&str] = &[
     "clamav-daemon",            // clamd: the real scanner (with the project's test signatures)
     "c-icap",                   // the real ICAP server …
     "libc-icap-mod-virus-scan", // … with its virus_scan module on clamd
+    "nftables",                 // the Squid comparison's interception
 ];
 
 /// Runs every setup step.
@@ -31,12 +32,50 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian 13's Squid in a debootstrapped folder, for `bench http --squid`
+/// (Debian 12's Squid stalls ICAP bodies over ~64 KiB: Squid bug 5352).
+pub fn squid_chroot() -> anyhow::Result<()> {
+    let root = Path::new(crate::bench_http::TRIXIE);
+    if root.join("usr/sbin/squid").exists() {
+        return Ok(());
+    }
+    install(&["debootstrap"])?;
+    if !root.join("usr/bin/apt-get").exists() {
+        eprintln!("xtask setup: debootstrapping Debian 13 into {} (a few minutes, once)", root.display());
+        std::fs::create_dir_all(root)?;
+        let status = Command::new("debootstrap")
+            .args(["--variant=minbase", "trixie"])
+            .arg(root)
+            .arg("http://deb.debian.org/debian")
+            .status()
+            .context("running debootstrap")?;
+        if !status.success() {
+            bail!("debootstrap of Debian 13 failed ({status}); see {}/debootstrap/debootstrap.log", root.display());
+        }
+    }
+    let status = Command::new("chroot")
+        .arg(root)
+        .args(["apt-get", "install", "-y", "-q", "squid"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get in the Debian 13 folder")?;
+    if !status.success() {
+        bail!("installing squid in {} failed ({status})", root.display());
+    }
+    Ok(())
+}
+
 fn have(program: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {program} >/dev/null")]).status().is_ok_and(|s| s.success())
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install(APT_PACKAGES)
+}
+
+/// Installs whichever of `packages` are missing.
+fn install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -94,6 +94,10 @@ pub async fn serve(
     counts: &relay::Counts,
 ) -> End {
     let limits = Limits { max_bytes: hx.cfg.max_header_bytes.0 as usize, max_headers: hx.cfg.max_headers };
+    // Heads and bodies go out as separate writes; with Nagle on, the peer's
+    // delayed ACK turns each small response into a 40 ms wait.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     let mut flow =
         Flow { hx, client: Conn::new(client), upstream: Some(Conn::new(upstream)), peer, dst, counts, limits };
     loop {
@@ -161,6 +165,7 @@ impl Flow<'_> {
 
         // The request body: scanned and held, or streamed unscanned.
         let scan_up = framing != Framing::None && self.hx.cfg.scan_uploads;
+        let mut upload_verdict: Option<(String, u64, f64)> = None;
         if scan_up {
             let meta = self.meta(&url, Direction::Upload, Some(raw.clone()), None, req.get("content-type"));
             let mut session = self.hx.scanner.start(meta, true);
@@ -203,6 +208,7 @@ impl Flow<'_> {
                     req.set("Content-Length", held.len().to_string());
                     self.send_upstream(&req.request_bytes()).await?;
                     self.deliver_upstream(&mut held).await?;
+                    upload_verdict = Some((verdict_name(&done.outcome.verdict), held.len(), scan_ms.unwrap_or(0.0)));
                 }
             }
         } else {
@@ -272,7 +278,13 @@ impl Flow<'_> {
                 self.stream_body(res_framing, false).await?;
             }
             let bytes = self.counts.down.load(Ordering::Relaxed) - before;
-            self.log(&req, &url, Logged { id, status: res.status, bytes, verdict: "unscanned".into(), scan_ms: None });
+            let logged = match upload_verdict {
+                Some((v, up, ms)) => {
+                    Logged { id, status: res.status, bytes: up, verdict: format!("{v} (upload)"), scan_ms: Some(ms) }
+                }
+                None => Logged { id, status: res.status, bytes, verdict: "unscanned".into(), scan_ms: None },
+            };
+            self.log(&req, &url, logged);
             if !upstream_keep {
                 self.upstream = None;
             }
@@ -373,8 +385,18 @@ impl Flow<'_> {
                 };
                 res.remove("transfer-encoding");
                 res.set("Content-Length", held.len().to_string());
-                self.write_client(&res.response_bytes()).await?;
-                self.deliver_client(&mut held).await?;
+                let mut head = res.response_bytes();
+                match held.memory() {
+                    // Small bodies leave in the same segment as their head.
+                    Some(mem) if mem.len() <= 64 * 1024 => {
+                        head.extend_from_slice(mem);
+                        self.write_client(&head).await?;
+                    }
+                    _ => {
+                        self.write_client(&head).await?;
+                        self.deliver_client(&mut held).await?;
+                    }
+                }
                 self.log(
                     &req,
                     &url,
@@ -494,6 +516,7 @@ impl Flow<'_> {
                 .await
                 .map_err(|_| "reconnecting to the server timed out".to_string())?
                 .map_err(|e| format!("reconnecting to the server: {e}"))?;
+            let _ = s.set_nodelay(true);
             self.upstream = Some(Conn::new(s));
         }
         let wait = self.body_wait();

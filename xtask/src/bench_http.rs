@@ -1,0 +1,199 @@
+//! `cargo xtask bench http`: one rig, four paths for the same client and
+//! server: direct forwarding, the gateway without scanning, the gateway
+//! scanning with clamd, and Squid 6.13 (Debian 13, from a debootstrapped
+//! folder) + c-icap + clamd, intercepting the same flows with nft redirect.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use tests::{
+    Gateway, Ns, Rig,
+    cicap::CIcap,
+    clamd::Clamd,
+    gateway::{NO_SCAN, Settings},
+    nginx::Nginx,
+    rig::{CLIENT_IFACE, SERVER_V4},
+    util::{random_file, wait_for},
+};
+
+use crate::bench_scan::{cpu_of, cpu_of_cicap};
+
+/// Where `cargo xtask bench http --squid` keeps its Debian 13 folder.
+pub const TRIXIE: &str = "/var/cache/gateway-bench/trixie";
+
+struct Figures {
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    mib_s: f64,
+    ttfb_ms: f64,
+    verdict_ms: String,
+    cpu: String,
+    rss: String,
+}
+
+fn curl_100m(rig: &Rig) -> anyhow::Result<(f64, f64)> {
+    let mut speeds = Vec::new();
+    let mut ttfb = Vec::new();
+    for _ in 0..3 {
+        let out = rig.curl(&[
+            "-sS",
+            "--fail",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{speed_download} %{time_starttransfer}",
+            &format!("http://{SERVER_V4}/100m.bin"),
+        ])?;
+        ensure!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        let t = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut f = t.split_whitespace().map(|v| v.parse::<f64>().unwrap_or(0.0));
+        speeds.push(f.next().unwrap_or(0.0) / 1048576.0);
+        ttfb.push(f.next().unwrap_or(0.0) * 1e3);
+    }
+    speeds.sort_by(f64::total_cmp);
+    ttfb.sort_by(f64::total_cmp);
+    Ok((speeds[1], ttfb[1]))
+}
+
+fn hwm_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs wrk, then three 100 MiB downloads; `procs` are (name, pid) whose
+/// CPU is reported per 100 MiB.
+fn measure(
+    rig: &Rig,
+    seconds: u32,
+    procs: &[(&str, Option<u32>)],
+    cicap: bool,
+    clamd: Option<u32>,
+) -> anyhow::Result<Figures> {
+    let (rps, p50, p99) = crate::bench::rate(rig, &format!("http://{SERVER_V4}/1k.bin"), seconds, true)?;
+    let before: Vec<f64> = procs.iter().map(|(_, p)| p.map_or(0.0, cpu_of)).collect();
+    let (ci0, cl0) = (cpu_of_cicap(), clamd.map_or(0.0, cpu_of));
+    let (mib_s, ttfb_ms) = curl_100m(rig)?;
+    let mut cpu: Vec<String> =
+        procs.iter().zip(&before).map(|((n, p), b)| format!("{n} {:.2}", (p.map_or(0.0, cpu_of) - b) / 3.0)).collect();
+    if cicap {
+        cpu.push(format!("c-icap {:.2}", (cpu_of_cicap() - ci0) / 3.0));
+    }
+    if let Some(c) = clamd {
+        cpu.push(format!("clamd {:.2}", (cpu_of(c) - cl0) / 3.0));
+    }
+    let rss: Vec<String> =
+        procs.iter().filter_map(|(n, p)| p.map(|p| format!("{n} {} MiB", hwm_kb(p) / 1024))).collect();
+    Ok(Figures { rps, p50, p99, mib_s, ttfb_ms, verdict_ms: "-".into(), cpu: cpu.join(" / "), rss: rss.join(" / ") })
+}
+
+fn last_scan_ms(gw: &Gateway) -> String {
+    gw.log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("100m.bin") && l.contains(" scan="))
+        .and_then(|l| l.split(" scan=").nth(1))
+        .map(str::to_string)
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Runs the HTTP benchmark.
+pub fn http(seconds: u32, squid: bool) -> anyhow::Result<()> {
+    let mut rig = Rig::new("bhttp")?;
+    let nginx = Nginx::start(&mut rig, &[80], 1)?;
+    random_file(&nginx.www.join("1k.bin"), 1024, 1)?;
+    random_file(&nginx.www.join("100m.bin"), 100 << 20, 2)?;
+    let clamd = Clamd::start(rig.dir().join("clamd"), "1000M")?;
+    let clamd_pid = clamd.pid();
+    let mut rows: Vec<(&str, Figures)> = Vec::new();
+
+    eprintln!("bench http: direct forwarding");
+    rows.push(("direct forwarding", measure(&rig, seconds, &[], false, None)?));
+
+    eprintln!("bench http: gateway, no scanning");
+    let gw = Gateway::start(&mut rig, &Settings { http: NO_SCAN, ..Settings::default() })?;
+    let f = measure(&rig, seconds, &[("gateway", Some(gw.pid))], false, None)?;
+    gw.stop(&mut rig, libc::SIGTERM)?;
+    rows.push(("gateway, no scanning", f));
+
+    eprintln!("bench http: gateway scanning with clamd");
+    let scan = format!("clamd = \"{}\"", clamd.addr());
+    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;
+    let mut f = measure(&rig, seconds, &[("gateway", Some(gw.pid))], false, clamd_pid)?;
+    f.verdict_ms = last_scan_ms(&gw);
+    gw.stop(&mut rig, libc::SIGTERM)?;
+    rows.push(("gateway + clamd", f));
+
+    if squid {
+        eprintln!("bench http: Squid 6.13 + c-icap + clamd");
+        rows.push(("Squid + c-icap + clamd", squid_figures(&mut rig, seconds, &clamd)?));
+    }
+
+    println!(
+        "\n| path | 1 KiB req/s | p50 / p99 ms | 100 MiB MiB/s | TTFB ms | last byte → verdict | CPU s per 100 MiB | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, f) in &rows {
+        println!(
+            "| {name} | {:.0} | {:.2} / {:.2} | {:.1} | {:.1} | {} | {} | {} |",
+            f.rps, f.p50, f.p99, f.mib_s, f.ttfb_ms, f.verdict_ms, f.cpu, f.rss
+        );
+    }
+    if let (Some((_, g)), Some((_, s))) =
+        (rows.iter().find(|r| r.0 == "gateway + clamd"), rows.iter().find(|r| r.0.starts_with("Squid")))
+    {
+        println!(
+            "\nscanning gateway vs Squid + c-icap: {:.2}× requests/s, {:.2}× 100 MiB throughput",
+            g.rps / s.rps,
+            g.mib_s / s.mib_s
+        );
+    }
+    Ok(())
+}
+
+fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<Figures> {
+    let root = Path::new(TRIXIE);
+    ensure!(
+        root.join("usr/sbin/squid").exists(),
+        "no Squid in {TRIXIE}: run `cargo xtask bench http --squid` with network to Debian's mirror"
+    );
+    let icap = CIcap::start(rig, Ns::Gateway, 1344, &clamd.socket)?;
+    let conf = format!(
+        "http_port 3128\nhttp_port 3129 intercept\ncache deny all\naccess_log none\ncache_log /var/log/squid/bench-cache.log\n\
+         pid_filename /run/squid-bench.pid\nhttp_access allow all\nicap_enable on\n\
+         icap_service av respmod_precache bypass=0 {}\nadaptation_access av allow all\nshutdown_lifetime 1 seconds\n",
+        icap.url
+    );
+    std::fs::write(root.join("etc/squid/bench.conf"), conf)?;
+    let mut cmd = rig.cmd(Ns::Gateway, "chroot");
+    cmd.arg(root).args(["squid", "-N", "-f", "/etc/squid/bench.conf"]);
+    let log = rig.dir().join("squid.log");
+    rig.spawn(cmd, &log)?;
+    wait_for("squid to listen", Duration::from_secs(30), || {
+        let out = rig.run(Ns::Gateway, "ss", &["-Hltn", "sport = :3129"]).ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })
+    .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+    let nft = format!(
+        "table ip gwbench {{ chain pre {{ type nat hook prerouting priority dstnat; iifname \"{CLIENT_IFACE}\" tcp dport 80 redirect to :3129; }} }}"
+    );
+    let out = rig.cmd(Ns::Gateway, "nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(
+        |mut c| {
+            use std::io::Write as _;
+            c.stdin.take().map(|mut s| s.write_all(nft.as_bytes()));
+            c.wait_with_output()
+        },
+    )?;
+    ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    let squid_pids = || -> Vec<u32> {
+        let out = Command::new("pgrep").args(["-x", "squid"]).output().ok();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.parse().ok()).collect())
+            .unwrap_or_default()
+    };
+    let pid = squid_pids().into_iter().max();
+    measure(rig, seconds, &[("squid", pid)], true, clamd.pid())
+}
