@@ -54,6 +54,16 @@ def serve(c):
             buf += d
         head, buf = buf.split(b'\r\n\r\n', 1)
         path = head.split(b' ')[1].decode()
+        if path == '/ws':
+            c.sendall(resp('HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n'))
+            while True:
+                if buf:
+                    c.sendall(b'echo:' + buf)
+                    buf = b''
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf = d
         out = R.get(path, resp('HTTP/1.1 404 Not Found\nContent-Length: 0\n'))
         c.sendall(out)
         if path.startswith('/close'):
@@ -69,6 +79,11 @@ while True:
 "#;
 
 fn setup(tag: &str, scan: &str) -> anyhow::Result<Env> {
+    setup_with(tag, scan, "", None)
+}
+
+/// `icap`: run c-icap in the gateway namespace and scan through it.
+fn setup_with(tag: &str, scan: &str, http: &str, icap: Option<()>) -> anyhow::Result<Env> {
     let mut rig = Rig::new(tag)?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     std::fs::write(nginx.www.join("eicar.com"), eicar())?;
@@ -90,8 +105,14 @@ fn setup(tag: &str, scan: &str) -> anyhow::Result<Env> {
         (!out.stdout.is_empty()).then_some(())
     })?;
     let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
-    let scan = format!("clamd = \"{}\"\n{scan}", clamd.addr());
-    let gw = Gateway::start(&mut rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http: "" })?;
+    let scan = match icap {
+        Some(()) => {
+            let c = tests::cicap::CIcap::start(&mut rig, Ns::Gateway, 1344, &clamd.socket)?;
+            format!("backend = \"icap\"\nicap = [\"{}\"]\n{scan}", c.url)
+        }
+        None => format!("clamd = \"{}\"\n{scan}", clamd.addr()),
+    };
+    let gw = Gateway::start(&mut rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http })?;
     Ok(Env { rig, nginx, clamd, gw: Some(gw) })
 }
 
@@ -329,5 +350,61 @@ fn a_dead_scanner_fails_closed_by_default_and_open_when_configured() -> anyhow::
     let (status, got) = env.get(&format!("http://{SERVER_V4}/c"), &[])?;
     assert_eq!(status, 200);
     assert_eq!(sha256_file(&got)?, sha256_file(&env.nginx.www.join("c"))?);
+    Ok(())
+}
+
+#[test]
+fn with_icap_the_services_replacement_page_is_shown() -> anyhow::Result<()> {
+    let env = setup_with("hicap", "", "", Some(()))?;
+    random_file(&env.nginx.www.join("c"), 200_000, 4)?;
+    let (status, got) = env.get(&format!("http://{SERVER_V4}/c"), &[])?;
+    assert_eq!((status, sha256_file(&got)?), (200, sha256_file(&env.nginx.www.join("c"))?));
+    let (status, got) = env.get(&format!("http://{SERVER_V4}/eicar.com"), &[])?;
+    let page = std::fs::read_to_string(&got)?;
+    assert_eq!(status, 403, "{page}");
+    // c-icap's own page, not the gateway's.
+    assert!(page.contains("VIRUS FOUND") && !page.contains("The transfer was blocked"), "{page}");
+    let records = env.gw().detections();
+    assert!(records.iter().any(|r| r["engine"].as_str().is_some_and(|e| e.starts_with("icap://"))), "{records:#?}");
+    // Uploads go through REQMOD.
+    let e = env.rig.dir().join("e.com");
+    std::fs::write(&e, eicar())?;
+    let out = env.rig.curl(&[
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-T",
+        &e.to_string_lossy(),
+        &format!("http://{SERVER_V4}/upload/e.com"),
+    ])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403", "{}", text(&out));
+    assert!(!env.nginx.uploads.join("e.com").exists());
+    Ok(())
+}
+
+#[test]
+fn websocket_upgrades_are_relayed_and_connect_is_refused() -> anyhow::Result<()> {
+    let env = setup("hupg", "")?;
+    let raw = env.raw(
+        8081,
+        b"GET /ws HTTP/1.1\r\nHost: s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello-after-upgrade",
+    )?;
+    let t = String::from_utf8_lossy(&raw);
+    assert!(t.starts_with("HTTP/1.1 101 Switching Protocols") && t.contains("echo:hello-after-upgrade"), "{t}");
+    let raw = env.raw(80, b"CONNECT 198.19.0.2:443 HTTP/1.1\r\nHost: 198.19.0.2:443\r\n\r\n")?;
+    assert_eq!(status_lines(&raw), ["HTTP/1.1 405 Method Not Allowed"]);
+    Ok(())
+}
+
+#[test]
+fn a_slow_request_head_gets_408() -> anyhow::Result<()> {
+    let env = setup_with("hslow", "", "head_timeout = \"1s\"", None)?;
+    let py = format!(
+        "import socket,time\ns=socket.create_connection(('{SERVER_V4}',80))\ns.sendall(b'GET / HTTP/1.1\\r\\nHo')\ns.settimeout(10)\nprint(s.recv(200).split(b'\\r\\n')[0].decode())\n"
+    );
+    let out = env.rig.run(Ns::Client, "python3", &["-c", &py])?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "HTTP/1.1 408 Request Timeout", "{}", text(&out));
     Ok(())
 }

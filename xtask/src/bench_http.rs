@@ -158,7 +158,7 @@ pub fn http(seconds: u32, squid: bool) -> anyhow::Result<()> {
 fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<Figures> {
     let root = Path::new(TRIXIE);
     ensure!(
-        root.join("usr/sbin/squid").exists(),
+        root.join("usr/sbin/squid").symlink_metadata().is_ok(),
         "no Squid in {TRIXIE}: run `cargo xtask bench http --squid` with network to Debian's mirror"
     );
     let icap = CIcap::start(rig, Ns::Gateway, 1344, &clamd.socket)?;

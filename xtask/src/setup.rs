@@ -36,7 +36,7 @@ pub fn run() -> anyhow::Result<()> {
 /// (Debian 12's Squid stalls ICAP bodies over ~64 KiB: Squid bug 5352).
 pub fn squid_chroot() -> anyhow::Result<()> {
     let root = Path::new(crate::bench_http::TRIXIE);
-    if root.join("usr/sbin/squid").exists() {
+    if root.join("usr/sbin/squid").symlink_metadata().is_ok() {
         return Ok(());
     }
     install(&["debootstrap"])?;
