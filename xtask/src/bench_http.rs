@@ -161,9 +161,10 @@ fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<F
         root.join("usr/sbin/squid").symlink_metadata().is_ok(),
         "no Squid in {TRIXIE}: run `cargo xtask bench http --squid` with network to Debian's mirror"
     );
+    let _mounts = ChrootMounts::new(root)?;
     let icap = CIcap::start(rig, Ns::Gateway, 1344, &clamd.socket)?;
     let conf = format!(
-        "http_port 3128\nhttp_port 3129 intercept\ncache deny all\naccess_log none\ncache_log /var/log/squid/bench-cache.log\n\
+        "visible_hostname gwbench\nhttp_port 3128\nhttp_port 3129 intercept\ncache deny all\naccess_log none\ncache_log /var/log/squid/bench-cache.log\n\
          pid_filename /run/squid-bench.pid\nhttp_access allow all\nicap_enable on\n\
          icap_service av respmod_precache bypass=0 {}\nadaptation_access av allow all\nshutdown_lifetime 1 seconds\n",
         icap.url
@@ -179,7 +180,7 @@ fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<F
     })
     .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
     let nft = format!(
-        "table ip gwbench {{ chain pre {{ type nat hook prerouting priority dstnat; iifname \"{CLIENT_IFACE}\" tcp dport 80 redirect to :3129; }} }}"
+        "table ip gwbench {{ chain pre {{ type nat hook prerouting priority dstnat; iifname \"{CLIENT_IFACE}\" tcp dport 80 redirect to :3129; }}; }}"
     );
     let out = rig.cmd(Ns::Gateway, "nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(
         |mut c| {
@@ -196,4 +197,35 @@ fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<F
     };
     let pid = squid_pids().into_iter().max();
     measure(rig, seconds, &[("squid", pid)], true, clamd.pid())
+}
+
+/// /proc and a writable /dev/shm inside the Debian 13 folder for Squid's
+/// shared memory, unmounted again when dropped.
+struct ChrootMounts(Vec<std::path::PathBuf>);
+
+impl ChrootMounts {
+    fn new(root: &Path) -> anyhow::Result<ChrootMounts> {
+        let mut done = ChrootMounts(Vec::new());
+        for (what, dir, opts) in [("proc", "proc", ""), ("tmpfs", "dev/shm", "mode=1777")] {
+            let target = root.join(dir);
+            std::fs::create_dir_all(&target)?;
+            let mut cmd = Command::new("mount");
+            cmd.args(["-t", what]);
+            if !opts.is_empty() {
+                cmd.args(["-o", opts]);
+            }
+            let status = cmd.arg(what).arg(&target).status()?;
+            ensure!(status.success(), "mounting {what} on {}", target.display());
+            done.0.push(target);
+        }
+        Ok(done)
+    }
+}
+
+impl Drop for ChrootMounts {
+    fn drop(&mut self) {
+        for t in self.0.iter().rev() {
+            let _ = Command::new("umount").arg(t).status();
+        }
+    }
 }
