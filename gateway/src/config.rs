@@ -75,8 +75,12 @@ pub struct Http {
     pub scan_uploads: bool,
     /// HTML template for block pages; empty: the built-in page.
     pub block_page: PathBuf,
-    /// Trickling a slow scan's body to the client: "off" (not built yet).
-    pub trickle_after: String,
+    /// When a scan has not finished this long after the response head
+    /// arrived, send the head and trickle the body (`None`: "off").
+    #[serde(deserialize_with = "crate::units::off_or_span")]
+    pub trickle_after: Option<Span>,
+    /// Bytes sent per `trickle_after` interval while trickling.
+    pub trickle_bytes: Size,
     /// Remove Range/If-Range from requests so whole objects are scanned.
     pub strip_range: bool,
     /// Bodies whose Content-Encoding cannot be undone: block or allow.
@@ -113,7 +117,8 @@ impl Default for Http {
             scan_downloads: true,
             scan_uploads: true,
             block_page: PathBuf::new(),
-            trickle_after: "off".into(),
+            trickle_after: None,
+            trickle_bytes: Size(1024),
             strip_range: true,
             undecodable: Action::Block,
             upgrade: Passage::Relay,
@@ -366,8 +371,8 @@ impl Config {
         if ports.contains(&0) || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
             return Err("proxy listener ports must be distinct and non-zero".into());
         }
-        if self.http.trickle_after != "off" {
-            return Err("http.trickle_after: only \"off\" is supported so far".into());
+        if self.http.trickle_after.is_some_and(|t| t.0.is_zero()) {
+            return Err("http.trickle_after must be longer than 0 (or \"off\")".into());
         }
         self.scan.validate()
     }

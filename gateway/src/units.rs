@@ -44,6 +44,12 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// `"off"` → `None`, else a [`Span`]; for serde's `deserialize_with`.
+pub fn off_or_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() == "off" { Ok(None) } else { Span::parse(&s).map(Some).map_err(de::Error::custom) }
+}
+
 /// A byte count written as a number with an optional unit: `B`, `KiB`,
 /// `MiB`, `GiB` (and `KB`/`MB`/`GB`, which mean the same powers of 1024, as
 /// firewall admins commonly write them).

@@ -408,3 +408,38 @@ fn a_slow_request_head_gets_408() -> anyhow::Result<()> {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "HTTP/1.1 408 Request Timeout", "{}", text(&out));
     Ok(())
 }
+
+#[test]
+fn trickling_keeps_clients_waiting_and_resets_when_infected() -> anyhow::Result<()> {
+    // clamd needs well over 50 ms for 40 MiB, so the head and the first
+    // trickles go out before the verdict.
+    let env = setup_with("htrick", "", "trickle_after = \"50ms\"\ntrickle_bytes = \"1KiB\"", None)?;
+    let clean = random_file(&env.nginx.www.join("clean40m"), 40 << 20, 3)?;
+    let (status, got) = env.get(&format!("http://{SERVER_V4}/clean40m"), &[])?;
+    assert_eq!((status, sha256_file(&got)?), (200, sha256_file(&clean)?));
+    let line = wait_for("the request log line", Duration::from_secs(5), || {
+        env.gw().log_text().lines().find(|l| l.contains("/clean40m")).map(str::to_string)
+    })?;
+    assert!(line.contains("verdict=clean (trickled "), "{line}");
+
+    let mut infected = random_bytes(40 << 20);
+    infected.extend_from_slice(&eicar());
+    std::fs::write(env.nginx.www.join("bad40m"), &infected)?;
+    let dest = env.rig.dir().join("bad40m.part");
+    let out =
+        env.rig.curl(&["-sS", "-m", "60", "-o", &dest.to_string_lossy(), &format!("http://{SERVER_V4}/bad40m")])?;
+    assert!(!out.status.success(), "the client must see a broken transfer: {}", text(&out));
+    let got = std::fs::read(&dest).unwrap_or_default();
+    assert!(got.len() < 64 * 1024, "only trickles may arrive, got {} bytes", got.len());
+    assert!(got.windows(16).all(|w| w != b"EICAR-STANDARD-A"), "infected bytes arrived");
+    let rec = wait_for("the detection record", Duration::from_secs(5), || {
+        env.gw().detections().into_iter().find(|r| r["object"].as_str().is_some_and(|o| o.ends_with("/bad40m")))
+    })?;
+    assert!(
+        rec["delivered_before_verdict"].as_u64().is_some_and(|n| n > 0 && n == got.len() as u64),
+        "{rec} vs {}",
+        got.len()
+    );
+    assert!(env.gw().log_text().lines().any(|l| l.contains("/bad40m") && l.contains("partially delivered")));
+    Ok(())
+}

@@ -61,6 +61,7 @@ impl Conn {
     }
 
     /// Reads more from the socket into the buffer; `Ok(0)` at EOF.
+    /// Cancel-safe: nothing changes unless the read completed.
     pub async fn fill(&mut self, wait: Duration) -> Result<usize, ReadError> {
         if self.pos > 0 && self.pos == self.buf.len() {
             self.buf.clear();
@@ -72,22 +73,11 @@ impl Conn {
             self.pos = 0;
             self.buf.reserve(64 * 1024);
         }
-        let start = self.buf.len();
-        self.buf.resize(self.buf.capacity(), 0);
-        let r = timeout(wait, self.stream.read(&mut self.buf[start..])).await;
-        let n = match r {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                self.buf.truncate(start);
-                return Err(e.into());
-            }
-            Err(_) => {
-                self.buf.truncate(start);
-                return Err(ReadError::Timeout);
-            }
-        };
-        self.buf.truncate(start + n);
-        Ok(n)
+        match timeout(wait, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ReadError::Timeout),
+        }
     }
 
     /// Reads one head. `Ok(None)`: the peer closed cleanly before sending

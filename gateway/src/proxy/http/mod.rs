@@ -318,11 +318,29 @@ impl Flow<'_> {
         let mut session = self.hx.scanner.start(meta, true);
         let mut undecodable: Option<String> = decoder.as_ref().err().map(|e| e.to_string());
         let mut reader = BodyReader::new(res_framing, self.body_wait());
+        let mut trickle = self.hx.cfg.trickle_after.map(|t| Trickle::new(t.0, self.hx.cfg.trickle_bytes.0 as usize));
         loop {
-            let up = self.upstream.as_mut().ok_or("no upstream")?;
-            match reader.next(up).await {
+            let at = trickle.as_ref().map(|t| t.next);
+            let step = {
+                let up = self.upstream.as_mut().ok_or("no upstream")?;
+                tokio::select! {
+                    r = reader.next(up) => Some(r),
+                    () = sleep_until(at) => None,
+                }
+            };
+            let piece = match step {
+                None => {
+                    self.trickle_step(trickle.as_mut(), &res, res_framing, req.minor).await?;
+                    continue;
+                }
+                Some(r) => r,
+            };
+            match piece {
                 Ok(Some(p)) => {
                     session.hold(&p);
+                    if let Some(t) = trickle.as_mut() {
+                        t.keep(&p);
+                    }
                     match (&mut decoder, &undecodable) {
                         (Ok(Some(d)), None) => match d.push(&p) {
                             Ok(plain) => session.scan(&plain).await,
@@ -333,6 +351,10 @@ impl Flow<'_> {
                     }
                 }
                 Ok(None) => break,
+                Err(e) if trickle.as_ref().is_some_and(Trickle::started) => {
+                    relay::reset_on_close(&self.client.stream);
+                    return Err(format!("the server's body failed after the head was sent: {e}"));
+                }
                 Err(BodyError::Timeout) => {
                     return self.refuse(504, "Gateway Timeout", "the server's body stalled").await;
                 }
@@ -348,7 +370,19 @@ impl Flow<'_> {
         if !upstream_keep {
             self.upstream = None;
         }
-        let mut done = session.finish().await;
+        let finish = session.finish();
+        tokio::pin!(finish);
+        let mut done = loop {
+            let at = trickle.as_ref().map(|t| t.next);
+            let step = tokio::select! {
+                d = &mut finish => Some(d),
+                () = sleep_until(at) => None,
+            };
+            match step {
+                Some(d) => break d,
+                None => self.trickle_step(trickle.as_mut(), &res, res_framing, req.minor).await?,
+            }
+        };
         if let Some(why) = undecodable {
             if !done.outcome.verdict.is_infected() {
                 done.outcome.verdict = Verdict::error(ErrorKind::Protocol, format!("undecodable: {why}"));
@@ -362,27 +396,47 @@ impl Flow<'_> {
             }
             (v, _) => self.hx.scanner.policy.decide(v),
         };
-        match decision {
-            Decision::Block(reason) => {
+        let trickled = trickle.as_ref().filter(|t| t.started()).map(|t| (t.mode, t.sent));
+        match (decision, trickled) {
+            (Decision::Block(reason), None) => {
                 self.hx.scanner.cache.remember(done.outcome.sha256, Some((&url, &validators)), &done.outcome.verdict);
                 let status = self.block(&id, "http-download", &url, &reason, &done.outcome, client_keep).await?;
-                self.log(
-                    &req,
-                    &url,
-                    Logged {
-                        id,
-                        status,
-                        bytes: done.outcome.bytes,
-                        verdict: verdict_name(&done.outcome.verdict),
-                        scan_ms,
-                    },
-                );
+                let verdict = verdict_name(&done.outcome.verdict);
+                self.log(&req, &url, Logged { id, status, bytes: done.outcome.bytes, verdict, scan_ms });
                 Ok(client_keep)
             }
-            Decision::Pass => {
+            (Decision::Block(reason), Some((_, sent))) => {
+                // The head and part of the body are out: reset, so that the
+                // client is left with an unusable fragment, never a file
+                // that looks complete.
+                self.hx.scanner.cache.remember(done.outcome.sha256, Some((&url, &validators)), &done.outcome.verdict);
+                self.record(&id, "http-download", &url, &reason, &done.outcome, sent);
+                relay::reset_on_close(&self.client.stream);
+                let verdict = format!(
+                    "{} (partially delivered: {sent} bytes, connection reset)",
+                    verdict_name(&done.outcome.verdict)
+                );
+                self.log(&req, &url, Logged { id, status: res.status, bytes: sent, verdict, scan_ms });
+                Err("blocked after partial delivery".into())
+            }
+            (Decision::Pass, trickled) => {
                 let Some(mut held) = done.body else {
+                    if trickled.is_some() {
+                        relay::reset_on_close(&self.client.stream);
+                        return Err("the response body could not be held".into());
+                    }
                     return self.refuse(503, "Service Unavailable", "the response body could not be held").await;
                 };
+                let mut verdict = verdict_name(&done.outcome.verdict);
+                if let Some((_, sent)) = trickled {
+                    verdict.push_str(&format!(" (trickled {sent} bytes before the verdict)"));
+                }
+                let log = Logged { id, status: res.status, bytes: held.len(), verdict, scan_ms };
+                if let Some((mode, from)) = trickled {
+                    self.finish_trickle(&mut held, mode, from).await?;
+                    self.log(&req, &url, log);
+                    return Ok(client_alive && mode != Some(TrickleMode::Close));
+                }
                 res.remove("transfer-encoding");
                 res.set("Content-Length", held.len().to_string());
                 let mut head = res.response_bytes();
@@ -394,22 +448,70 @@ impl Flow<'_> {
                     }
                     _ => {
                         self.write_client(&head).await?;
-                        self.deliver_client(&mut held).await?;
+                        self.deliver_client(&mut held, 0).await?;
                     }
                 }
-                self.log(
-                    &req,
-                    &url,
-                    Logged {
-                        id,
-                        status: res.status,
-                        bytes: held.len(),
-                        verdict: verdict_name(&done.outcome.verdict),
-                        scan_ms,
-                    },
-                );
+                self.log(&req, &url, log);
                 Ok(client_alive)
             }
+        }
+    }
+
+    /// Sends the head (the first time) and the next trickle of body.
+    async fn trickle_step(
+        &mut self,
+        t: Option<&mut Trickle>,
+        res: &Head,
+        framing: Framing,
+        client_minor: u8,
+    ) -> Result<(), End> {
+        let Some(t) = t else { return Ok(()) };
+        if t.mode.is_none() {
+            let mut h = res.clone();
+            let mode = match framing {
+                Framing::Length(_) => TrickleMode::Length,
+                _ if client_minor >= 1 => TrickleMode::Chunked,
+                _ => TrickleMode::Close,
+            };
+            match mode {
+                TrickleMode::Length => h.remove("transfer-encoding"),
+                TrickleMode::Chunked => {
+                    h.remove("content-length");
+                    h.set("Transfer-Encoding", "chunked");
+                }
+                TrickleMode::Close => {
+                    h.remove("content-length");
+                    h.remove("transfer-encoding");
+                    h.set("Connection", "close");
+                }
+            }
+            self.write_client(&h.response_bytes()).await?;
+            t.mode = Some(mode);
+        }
+        let from = t.sent as usize;
+        let n = t.bytes.min(t.buf.len().saturating_sub(from));
+        if n > 0 {
+            let data = t.buf[from..from + n].to_vec();
+            let framed = if t.mode == Some(TrickleMode::Chunked) { chunk(&data) } else { data };
+            self.write_client(&framed).await?;
+            t.sent += n as u64;
+        }
+        t.next = tokio::time::Instant::now() + t.every;
+        Ok(())
+    }
+
+    /// After a clean verdict: the rest of a trickled body.
+    async fn finish_trickle(&mut self, held: &mut Spool, mode: Option<TrickleMode>, from: u64) -> Result<(), End> {
+        let rest = held.len().saturating_sub(from);
+        if mode == Some(TrickleMode::Chunked) {
+            if rest > 0 {
+                self.write_client(format!("{rest:x}\r\n").as_bytes()).await?;
+                self.deliver_client(held, from).await?;
+                self.write_client(b"\r\n").await?;
+            }
+            self.write_client(b"0\r\n\r\n").await
+        } else {
+            self.deliver_client(held, from).await
         }
     }
 
@@ -457,23 +559,11 @@ impl Flow<'_> {
         outcome: &Outcome,
         keep: bool,
     ) -> Result<u16, End> {
-        let (threats, engine, replacement): (&[String], &str, Option<&Vec<u8>>) = match &outcome.verdict {
-            Verdict::Infected { threats, engine, replacement } => (threats, engine, replacement.as_ref()),
-            _ => (&[], "policy", None),
+        let (threats, replacement): (&[String], Option<&Vec<u8>>) = match &outcome.verdict {
+            Verdict::Infected { threats, replacement, .. } => (threats, replacement.as_ref()),
+            _ => (&[], None),
         };
-        self.hx.detections.record(&Record {
-            id,
-            time: detections::now(),
-            kind,
-            client: self.peer.to_string(),
-            server: self.dst.to_string(),
-            object: url,
-            threats,
-            reason,
-            engine,
-            bytes: outcome.bytes,
-            delivered_before_verdict: 0,
-        });
+        self.record(id, kind, url, reason, outcome, 0);
         let conn = if keep { "keep-alive" } else { "close" };
         if let Some(rep) = replacement.and_then(|r| replacement_response(r, id, conn)) {
             self.write_client(&rep.0).await?;
@@ -492,6 +582,27 @@ impl Flow<'_> {
         self.write_client(head.as_bytes()).await?;
         self.write_client(html.as_bytes()).await?;
         Ok(status)
+    }
+
+    /// Writes the detection record for a blocked transfer.
+    fn record(&self, id: &str, kind: &str, url: &str, reason: &str, outcome: &Outcome, delivered: u64) {
+        let (threats, engine): (&[String], &str) = match &outcome.verdict {
+            Verdict::Infected { threats, engine, .. } => (threats, engine),
+            _ => (&[], "policy"),
+        };
+        self.hx.detections.record(&Record {
+            id,
+            time: detections::now(),
+            kind,
+            client: self.peer.to_string(),
+            server: self.dst.to_string(),
+            object: url,
+            threats,
+            reason,
+            engine,
+            bytes: outcome.bytes,
+            delivered_before_verdict: delivered,
+        });
     }
 
     fn log(&self, req: &Head, url: &str, l: Logged) {
@@ -553,16 +664,16 @@ impl Flow<'_> {
         Ok(())
     }
 
-    async fn deliver_client(&mut self, held: &mut Spool) -> Result<(), End> {
-        self.counts.down.fetch_add(held.len(), Ordering::Relaxed);
+    async fn deliver_client(&mut self, held: &mut Spool, from: u64) -> Result<(), End> {
+        self.counts.down.fetch_add(held.len().saturating_sub(from), Ordering::Relaxed);
         let wait = self.body_wait();
-        deliver(&mut self.client, held, wait).await.map_err(|e| format!("client: {e}"))
+        deliver(&mut self.client, held, from, wait).await.map_err(|e| format!("client: {e}"))
     }
 
     async fn deliver_upstream(&mut self, held: &mut Spool) -> Result<(), End> {
         let wait = self.body_wait();
         let up = self.upstream.as_mut().ok_or("no upstream")?;
-        deliver(up, held, wait).await.map_err(|e| format!("server: {e}"))
+        deliver(up, held, 0, wait).await.map_err(|e| format!("server: {e}"))
     }
 
     /// After 101 Switching Protocols: bytes both ways, unscanned.
@@ -579,14 +690,15 @@ impl Flow<'_> {
     }
 }
 
-/// Writes a held body: from memory, or from its file with sendfile(2).
-async fn deliver(conn: &mut Conn, held: &mut Spool, wait: Duration) -> std::io::Result<()> {
+/// Writes a held body from byte `from` on: from memory, or from its file
+/// with sendfile(2).
+async fn deliver(conn: &mut Conn, held: &mut Spool, from: u64, wait: Duration) -> std::io::Result<()> {
     if let Some(mem) = held.memory() {
-        return conn.write_all(mem, wait).await;
+        return conn.write_all(mem.get(from as usize..).unwrap_or_default(), wait).await;
     }
     let Some(file) = held.file() else { return Ok(()) };
     let len = held.len() as i64;
-    let mut off: i64 = 0;
+    let mut off: i64 = from as i64;
     while off < len {
         tokio::time::timeout(wait, conn.stream.writable())
             .await
@@ -605,6 +717,56 @@ async fn deliver(conn: &mut Conn, held: &mut Spool, wait: Duration) -> std::io::
         }
     }
     Ok(())
+}
+
+/// How a trickled body is framed towards the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TrickleMode {
+    /// The server's Content-Length, kept.
+    Length,
+    /// Chunked (length unknown, HTTP/1.1 client).
+    Chunked,
+    /// Until close (length unknown, HTTP/1.0 client).
+    Close,
+}
+
+/// Largest part of a body kept aside for trickling.
+const TRICKLE_CAP: usize = 1 << 20;
+
+/// Trickling state of one download (HAVP's approach): after `every` with no
+/// verdict, the head goes out, then `bytes` of body each `every`.
+struct Trickle {
+    every: Duration,
+    bytes: usize,
+    next: tokio::time::Instant,
+    /// The first bytes of the body, as they arrive.
+    buf: Vec<u8>,
+    /// Body bytes already sent.
+    sent: u64,
+    /// `None` until the head was sent.
+    mode: Option<TrickleMode>,
+}
+
+impl Trickle {
+    fn new(every: Duration, bytes: usize) -> Trickle {
+        Trickle { every, bytes, next: tokio::time::Instant::now() + every, buf: Vec::new(), sent: 0, mode: None }
+    }
+
+    fn keep(&mut self, piece: &[u8]) {
+        let room = TRICKLE_CAP.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&piece[..piece.len().min(room)]);
+    }
+
+    fn started(&self) -> bool {
+        self.mode.is_some()
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The ICAP service's replacement message, re-framed; `None` if it does
