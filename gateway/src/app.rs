@@ -12,6 +12,7 @@ use crate::{
     detections::Detections,
     proxy::{
         self, Context, Kind,
+        ftp::FtpContext,
         http::{HttpContext, page::BlockPage},
     },
     scan::Scanner,
@@ -55,7 +56,14 @@ fn http_context(config: &Config) -> anyhow::Result<HttpContext> {
 async fn serve(config: &Config) -> anyhow::Result<()> {
     let http = http_context(config)?;
     let mut steering = Steering::start(&config.steering)?;
-    let ctx = Arc::new(Context { config: config.proxy.clone(), stats: Default::default(), http });
+    let ftp = FtpContext {
+        cfg: config.ftp.clone(),
+        scanner: http.scanner.clone(),
+        detections: http.detections.clone(),
+        expectations: steering.expectations(),
+        waiters: Default::default(),
+    };
+    let ctx = Arc::new(Context { config: config.proxy.clone(), stats: Default::default(), http, ftp });
 
     let p = &config.proxy;
     let mut tasks = tokio::task::JoinSet::new();

@@ -61,6 +61,8 @@ pub struct Config {
     pub scan: Scan,
     /// The HTTP proxy.
     pub http: Http,
+    /// The FTP gateway.
+    pub ftp: Ftp,
     /// Logging.
     pub log: Log,
 }
@@ -127,6 +129,44 @@ impl Default for Http {
             max_headers: 100,
             head_timeout: Span(Duration::from_secs(60)),
             body_timeout: Span(Duration::from_secs(120)),
+        }
+    }
+}
+
+/// `[ftp]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ftp {
+    /// Scan transfers (false: relay FTP byte for byte).
+    pub scan: bool,
+    /// For every this many bytes received …
+    pub trickle_every: Size,
+    /// … this many go on before the verdict.
+    pub trickle_bytes: Size,
+    /// Let AUTH TLS/SSL sessions pass unscanned (else refused with 534).
+    pub allow_ftps: bool,
+    /// Allow REST (resume); the transferred part is scanned.
+    pub allow_resume: bool,
+    /// Longest command or reply line.
+    pub max_line: usize,
+    /// Idle time on the control connection before it is closed.
+    pub idle_timeout: Span,
+    /// How long a data connection may take to arrive, or stall.
+    pub data_timeout: Span,
+}
+
+impl Default for Ftp {
+    fn default() -> Self {
+        use std::time::Duration;
+        Ftp {
+            scan: true,
+            trickle_every: Size(4096 << 10),
+            trickle_bytes: Size(1024),
+            allow_ftps: false,
+            allow_resume: true,
+            max_line: 4096,
+            idle_timeout: Span(Duration::from_secs(600)),
+            data_timeout: Span(Duration::from_secs(60)),
         }
     }
 }

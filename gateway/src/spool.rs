@@ -133,6 +133,20 @@ impl Spool {
         self.file.as_ref()
     }
 
+    /// Copies held bytes from `offset` into `buf`; returns how many.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt as _;
+        match &self.file {
+            Some(f) => f.read_at(buf, offset),
+            None => {
+                let rest = self.memory.get(offset as usize..).unwrap_or_default();
+                let n = rest.len().min(buf.len());
+                buf[..n].copy_from_slice(&rest[..n]);
+                Ok(n)
+            }
+        }
+    }
+
     /// A reader over the whole body from the start.
     pub fn reader(&mut self) -> Result<SpoolReader<'_>, SpoolError> {
         if let Some(f) = self.file.as_mut() {

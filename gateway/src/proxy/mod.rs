@@ -5,6 +5,7 @@
 //! local address; the gateway connects there from its own address, then
 //! serves HTTP flows with [`http`] and relays the others byte for byte.
 
+pub mod ftp;
 pub mod http;
 pub mod listener;
 pub mod relay;
@@ -63,6 +64,8 @@ pub struct Context {
     pub stats: ProxyStats,
     /// The HTTP proxy's settings, scanner and block page.
     pub http: http::HttpContext,
+    /// The FTP gateway's settings and data-connection plumbing.
+    pub ftp: ftp::FtpContext,
 }
 
 /// Accepts flows on `listener` until the task is dropped.
@@ -92,6 +95,13 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) 
             return;
         }
     };
+    if kind == Kind::FtpData {
+        // A passive data connection an FTP session is waiting for.
+        if let Some(waiter) = ctx.ftp.waiters.take(&(peer.ip(), dst.ip(), dst.port())) {
+            let _ = waiter.send(client);
+            return;
+        }
+    }
     let upstream = match tokio::time::timeout(ctx.config.connect_timeout.0, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return upstream_failed(&client, peer, dst, kind, ctx, start, &e.to_string()),
@@ -103,6 +113,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) 
     let scanning = ctx.http.cfg.scan_downloads || ctx.http.cfg.scan_uploads;
     let end = match kind {
         Kind::Http if scanning => http::serve(client, peer, dst, upstream, &ctx.http, &counts).await,
+        Kind::FtpControl if ctx.ftp.cfg.scan => ftp::serve(client, peer, dst, upstream, &ctx.ftp, &counts).await,
         // With HTTP scanning off there is nothing to parse: relay in the kernel.
         Kind::Http | Kind::FtpControl | Kind::FtpData => {
             relay::relay(&client, &upstream, ctx.config.relay_pipe_size, &counts).await.to_string()

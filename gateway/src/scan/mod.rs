@@ -241,6 +241,11 @@ impl Session {
         &self.meta
     }
 
+    /// Copies held bytes from `offset` (trickling before the verdict).
+    pub fn read_held(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.spool.as_ref().and_then(|s| s.read_at(offset, buf).ok()).unwrap_or(0)
+    }
+
     /// Bytes scanned so far.
     pub fn bytes(&self) -> u64 {
         self.bytes

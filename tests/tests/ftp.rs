@@ -1,0 +1,206 @@
+//! The FTP gateway (issue 5): pyftpdlib (Debian's python3-pyftpdlib) as the
+//! real server, curl and Python's ftplib as real clients, real clamd.
+
+use std::{path::PathBuf, process::Output, time::Duration};
+
+use anyhow::ensure;
+use tests::{
+    Gateway, Ns, Rig,
+    clamd::{Clamd, eicar},
+    gateway::Settings,
+    rig::{SERVER_V4, SERVER_V6},
+    util::{random_file, sha256_file, wait_for},
+};
+
+/// Debian's python3 (pyftpdlib lives in its dist-packages).
+const PY: &str = "/usr/bin/python3";
+
+struct Env {
+    rig: Rig,
+    root: PathBuf,
+    _clamd: Clamd,
+    gw: Gateway,
+}
+
+fn setup(tag: &str) -> anyhow::Result<Env> {
+    let mut rig = Rig::new(tag)?;
+    let root = rig.dir().join("ftproot");
+    std::fs::create_dir_all(&root)?;
+    let server = format!(
+        "from pyftpdlib.authorizers import DummyAuthorizer\nfrom pyftpdlib.handlers import FTPHandler\n\
+         from pyftpdlib.servers import FTPServer\nimport logging\nlogging.basicConfig(level=logging.WARNING)\n\
+         a=DummyAuthorizer(); a.add_user('u','p','{}',perm='elradfmwMT')\n\
+         h=FTPHandler; h.authorizer=a; h.passive_ports=range(30000,30200)\n\
+         FTPServer(('::',21),h).serve_forever()\n",
+        root.display()
+    );
+    let mut cmd = rig.cmd(Ns::Server, PY);
+    cmd.args(["-c", &server]);
+    let log = rig.dir().join("ftpd.log");
+    rig.spawn(cmd, &log)?;
+    wait_for("pyftpdlib to listen", Duration::from_secs(10), || {
+        let out = rig.run(Ns::Server, "ss", &["-Hltn", "sport = :21"]).ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })?;
+    let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
+    let scan = format!("clamd = \"{}\"", clamd.addr());
+    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;
+    Ok(Env { rig, root, _clamd: clamd, gw })
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+impl Env {
+    /// Runs an ftplib script in the client namespace with `f` logged in.
+    fn ftplib(&self, host: &str, body: &str) -> anyhow::Result<Output> {
+        let script =
+            format!("import ftplib,sys\nf=ftplib.FTP()\nf.connect('{host}',21,timeout=30)\nf.login('u','p')\n{body}\n");
+        self.rig.run(Ns::Client, PY, &["-c", &script])
+    }
+
+    fn curl(&self, url: &str, dest: &str, active: bool) -> anyhow::Result<Output> {
+        let d = self.rig.dir().join(dest).to_string_lossy().to_string();
+        let mut args = vec!["-sS", "-m", "120", "-o", &d];
+        if active {
+            args.extend_from_slice(&["-P", "-"]);
+        }
+        args.push(url);
+        self.rig.curl(&args)
+    }
+}
+
+#[test]
+fn clean_files_arrive_identical_in_passive_and_active_mode() -> anyhow::Result<()> {
+    let env = setup("fclean")?;
+    let files = [("0b", 0u64), ("1k", 1024), ("4096k", 4096 << 10), ("4097k", 4097 << 10), ("100m", 100 << 20)];
+    for (name, len) in files {
+        random_file(&env.root.join(name), len, len + 3)?;
+    }
+    for active in [false, true] {
+        for (name, _) in files {
+            let out = env.curl(&format!("ftp://u:p@{SERVER_V4}/{name}"), &format!("got-{name}-{active}"), active)?;
+            ensure!(out.status.success(), "curl {name} active={active}: {}", text(&out));
+            assert_eq!(
+                sha256_file(&env.rig.dir().join(format!("got-{name}-{active}")))?,
+                sha256_file(&env.root.join(name))?,
+                "{name} active={active}"
+            );
+        }
+    }
+    let log = env.gw.log_text();
+    let retr: Vec<&str> = log.lines().filter(|l| l.contains(" ftp] ") && l.contains("RETR")).collect();
+    assert_eq!(retr.len(), 10, "{retr:#?}");
+    assert!(retr.iter().all(|l| l.contains("verdict=clean")), "{retr:#?}");
+    // 1 KiB per 4096 KiB went on before the verdict: none below 4096 KiB.
+    assert!(retr.iter().any(|l| l.contains("RETR 100m") && l.contains("trickled=25600")), "{retr:#?}");
+    assert!(retr.iter().any(|l| l.contains("RETR 4096k") && l.contains("trickled=1024")), "{retr:#?}");
+    assert!(retr.iter().any(|l| l.contains("RETR 1k") && l.contains("trickled=0")), "{retr:#?}");
+    assert_eq!(env.gw.counter("/expectations")?, 0, "expectations left behind");
+    Ok(())
+}
+
+#[test]
+fn infected_download_gets_505_and_only_the_trickle() -> anyhow::Result<()> {
+    let env = setup("finf")?;
+    std::fs::write(env.root.join("eicar.com"), eicar())?;
+    let mut big = std::fs::read(random_file(&env.root.join("tmp"), 10 << 20, 5)?)?;
+    big.extend_from_slice(&eicar());
+    std::fs::write(env.root.join("big-eicar.bin"), &big)?;
+    let out = env.ftplib(
+        SERVER_V4,
+        "for name in ['eicar.com','big-eicar.bin']:\n    got=[]\n    try:\n        f.retrbinary('RETR '+name, got.append)\n        print(name, 'OK')\n    except ftplib.all_errors as e:\n        print(name, len(b''.join(got)), str(e))\nf.quit()",
+    )?;
+    let t = text(&out);
+    let lines: Vec<&str> = t.lines().collect();
+    assert!(lines.iter().any(|l| *l == "eicar.com 0 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
+    // Two full 4096 KiB windows of 10 MiB: 2 KiB arrive before the verdict,
+    // nothing after it.
+    assert!(lines.iter().any(|l| *l == "big-eicar.bin 2048 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
+    let recs = env.gw.detections();
+    assert!(recs.iter().any(|r| r["kind"] == "ftp-download" && r["delivered_before_verdict"] == 2048), "{recs:#?}");
+    Ok(())
+}
+
+#[test]
+fn infected_upload_gets_505_and_the_fragment_is_deleted() -> anyhow::Result<()> {
+    let env = setup("fup")?;
+    let e = env.rig.dir().join("up-eicar.com");
+    std::fs::write(&e, eicar())?;
+    let clean = random_file(&env.rig.dir().join("up-clean"), 5 << 20, 8)?;
+    let out = env.ftplib(
+        SERVER_V4,
+        &format!(
+            "for src,dst in [('{}','stored-eicar.com'),('{}','stored-clean')]:\n    try:\n        f.storbinary('STOR '+dst, open(src,'rb'))\n        print(dst, 'OK')\n    except ftplib.all_errors as e:\n        print(dst, str(e))\nf.quit()",
+            e.display(),
+            clean.display()
+        ),
+    )?;
+    let t = text(&out);
+    assert!(t.contains("stored-eicar.com 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
+    assert!(t.contains("stored-clean OK"), "{t}");
+    assert!(!env.root.join("stored-eicar.com").exists(), "the infected fragment is still on the server");
+    assert_eq!(sha256_file(&env.root.join("stored-clean"))?, sha256_file(&clean)?);
+    assert!(env.gw.log_text().contains("DELE of the infected fragment stored-eicar.com: deleted"));
+    Ok(())
+}
+
+#[test]
+fn listings_work_and_bounces_and_ftps_are_refused() -> anyhow::Result<()> {
+    let env = setup("fmisc")?;
+    random_file(&env.root.join("a.txt"), 10, 1)?;
+    random_file(&env.root.join("b.txt"), 10, 2)?;
+    let out = env.ftplib(
+        SERVER_V4,
+        "print(sorted(f.nlst()))\nls=[]\nf.retrlines('LIST', ls.append)\nprint(len(ls))\n\
+         for c in ['PORT 10,9,8,7,4,1', 'EPRT |1|10.9.8.7|1025|', 'AUTH TLS']:\n    try:\n        print(f.sendcmd(c))\n    except ftplib.all_errors as e:\n        print(str(e))\nf.quit()",
+    )?;
+    let t = text(&out);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines.first().copied(), Some("['a.txt', 'b.txt']"), "{t}");
+    assert_eq!(lines.get(1).copied(), Some("2"), "{t}");
+    assert!(lines.iter().any(|l| l.starts_with("504 PORT refused")), "{t}");
+    assert!(lines.iter().any(|l| l.starts_with("504 EPRT refused")), "{t}");
+    assert!(lines.iter().any(|l| l.starts_with("534 ")), "{t}");
+    Ok(())
+}
+
+#[test]
+fn ipv6_with_epsv_and_eprt() -> anyhow::Result<()> {
+    let env = setup("fv6")?;
+    random_file(&env.root.join("f"), 5 << 20, 4)?;
+    std::fs::write(env.root.join("eicar.com"), eicar())?;
+    for active in [false, true] {
+        let out = env.curl(&format!("ftp://u:p@[{SERVER_V6}]/f"), &format!("v6-{active}"), active)?;
+        ensure!(out.status.success(), "active={active}: {}", text(&out));
+        assert_eq!(sha256_file(&env.rig.dir().join(format!("v6-{active}")))?, sha256_file(&env.root.join("f"))?);
+    }
+    let out = env.ftplib(
+        SERVER_V6,
+        "try:\n    f.retrbinary('RETR eicar.com', lambda b: None)\nexcept ftplib.all_errors as e:\n    print(str(e))",
+    )?;
+    assert!(text(&out).contains("505 virus found in file"), "{}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn abort_mid_transfer_leaves_nothing_behind() -> anyhow::Result<()> {
+    let env = setup("fabor")?;
+    random_file(&env.root.join("big"), 100 << 20, 6)?;
+    let out = env.ftplib(
+        SERVER_V4,
+        "f.voidcmd('TYPE I')\nc=f.transfercmd('RETR big')\nc.recv(10)\nprint(f.abort())\nc.close()\nprint(f.voidcmd('NOOP'))\nf.quit()",
+    )?;
+    // RFC 959: 426 for the aborted transfer, then 226 for ABOR (ftplib
+    // reads one of them in abort(), the other as NOOP's answer).
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.lines().count() == 2 && t.starts_with("426"),
+        "control connection still usable: {t}"
+    );
+    wait_for("the expectation to go", Duration::from_secs(10), || {
+        (env.gw.counter("/expectations").ok()? == 0).then_some(())
+    })?;
+    Ok(())
+}
