@@ -32,7 +32,9 @@ pub struct Clamd {
 }
 
 impl Clamd {
-    /// Starts clamd in `dir` with `stream_max` as StreamMaxLength (e.g. "300M").
+    /// Starts clamd in `dir` with `stream_max` as StreamMaxLength, and as
+    /// MaxFileSize and MaxScanSize (e.g. "300M"): past those clamd would
+    /// stop scanning and answer OK.
     pub fn start(dir: PathBuf, stream_max: &str) -> anyhow::Result<Clamd> {
         let db = dir.join("db");
         std::fs::create_dir_all(&db)?;
@@ -46,8 +48,8 @@ impl Clamd {
             &conf,
             format!(
                 "LocalSocket {sock}\nForeground yes\nDatabaseDirectory {db}\nTemporaryDirectory {tmp}\n\
-                 LogFile {dir}/clamd.log\nPidFile {dir}/clamd.pid\nStreamMaxLength {m}\nMaxFileSize 1000M\n\
-                 MaxScanSize 1000M\nDisableCache yes\nMaxThreads 4\n",
+                 LogFile {dir}/clamd.log\nPidFile {dir}/clamd.pid\nStreamMaxLength {m}\nMaxFileSize {m}\n\
+                 MaxScanSize {m}\nDisableCache yes\nMaxThreads 4\n",
                 sock = socket.display(),
                 db = db.display(),
                 tmp = dir.join("tmp").display(),

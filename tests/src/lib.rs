@@ -8,6 +8,7 @@
 
 pub mod cicap;
 pub mod clamd;
+pub mod ftpd;
 pub mod gateway;
 pub mod nginx;
 pub mod rig;

@@ -12,8 +12,7 @@ use tests::{
     util::{random_file, sha256_file, wait_for},
 };
 
-/// Debian's python3 (pyftpdlib lives in its dist-packages).
-const PY: &str = "/usr/bin/python3";
+use tests::ftpd::PY;
 
 struct Env {
     rig: Rig,
@@ -25,23 +24,7 @@ struct Env {
 fn setup(tag: &str) -> anyhow::Result<Env> {
     let mut rig = Rig::new(tag)?;
     let root = rig.dir().join("ftproot");
-    std::fs::create_dir_all(&root)?;
-    let server = format!(
-        "from pyftpdlib.authorizers import DummyAuthorizer\nfrom pyftpdlib.handlers import FTPHandler\n\
-         from pyftpdlib.servers import FTPServer\nimport logging\nlogging.basicConfig(level=logging.WARNING)\n\
-         a=DummyAuthorizer(); a.add_user('u','p','{}',perm='elradfmwMT')\n\
-         h=FTPHandler; h.authorizer=a; h.passive_ports=range(30000,30200)\n\
-         FTPServer(('::',21),h).serve_forever()\n",
-        root.display()
-    );
-    let mut cmd = rig.cmd(Ns::Server, PY);
-    cmd.args(["-c", &server]);
-    let log = rig.dir().join("ftpd.log");
-    rig.spawn(cmd, &log)?;
-    wait_for("pyftpdlib to listen", Duration::from_secs(10), || {
-        let out = rig.run(Ns::Server, "ss", &["-Hltn", "sport = :21"]).ok()?;
-        (!out.stdout.is_empty()).then_some(())
-    })?;
+    tests::ftpd::start(&mut rig, &root)?;
     let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
     let scan = format!("clamd = \"{}\"", clamd.addr());
     let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;

@@ -59,7 +59,7 @@ fn self_cpu() -> f64 {
 
 /// The limit: a minimal INSTREAM client writing 1 MiB chunks. Returns the
 /// time from the end-of-stream marker to clamd's reply.
-fn instream(socket: &Path, file: &Path) -> anyhow::Result<Duration> {
+pub fn instream(socket: &Path, file: &Path) -> anyhow::Result<Duration> {
     let mut s = UnixStream::connect(socket)?;
     let mut f = std::fs::File::open(file)?;
     let mut buf = vec![0u8; 1 << 20];

@@ -7,6 +7,7 @@
 //! * `rig` builds a rig and waits, for poking at by hand.
 
 mod bench;
+mod bench_ftp;
 mod bench_http;
 mod bench_scan;
 mod build;
@@ -36,9 +37,10 @@ enum Command {
     Demo,
     /// Benchmarks on the rig.
     Bench {
-        /// What to measure: `relay` (steering + relay vs direct forwarding)
-        /// or `scan` (the scanning core vs clamd's own rate and c-icap-client).
-        #[arg(value_parser = ["relay", "scan", "http"])]
+        /// What to measure: `relay` (steering + relay vs direct forwarding),
+        /// `scan` (the scanning core vs clamd's own rate and c-icap-client),
+        /// `http` (vs direct and Squid + c-icap) or `ftp` (vs direct and clamd).
+        #[arg(value_parser = ["relay", "scan", "http", "ftp"])]
         what: String,
         /// Transfer size in MiB for the bulk figures.
         #[arg(long, default_value_t = 1024)]
@@ -80,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             match what.as_str() {
                 "relay" => bench::relay(mib, seconds),
                 "scan" => bench_scan::scan(),
+                "ftp" => bench_ftp::ftp(mib),
                 "http" => {
                     if squid {
                         setup::squid_chroot()?;
