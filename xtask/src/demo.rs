@@ -41,6 +41,10 @@ pub fn run() -> anyhow::Result<()> {
     let eicar_up = rig.dir().join("eicar-upload.com");
     std::fs::write(&eicar_up, eicar())?;
 
+    let ftp_root = rig.dir().join("ftproot");
+    tests::ftpd::start(&mut rig, &ftp_root)?;
+    random_file(&ftp_root.join("10m.bin"), 10 << 20, 4)?;
+    std::fs::write(ftp_root.join("eicar.com"), eicar())?;
     let clamd = Clamd::start(rig.dir().join("clamd"), "1000M")?;
     println!("rig: client {CLIENT_V4} → gateway (namespace {}) → server {SERVER_V4}", rig.name(Ns::Gateway));
     println!(
@@ -113,6 +117,34 @@ pub fn run() -> anyhow::Result<()> {
         server_saw: nginx.last_peer("/upload/form").map_or("nothing".into(), |p| format!("{p} (!)")),
     });
 
+    for (what, file, active) in [
+        ("FTP RETR 10 MiB clean (passive)", "10m.bin", false),
+        ("FTP RETR 10 MiB clean (active)", "10m.bin", true),
+        ("FTP RETR eicar.com", "eicar.com", false),
+    ] {
+        let dest = rig.dir().join(format!("ftp-{}", rows.len()));
+        let mut args = vec!["-sS", "-v", "-o"];
+        let d = dest.to_string_lossy().to_string();
+        args.push(&d);
+        if active {
+            args.extend_from_slice(&["-P", "-"]);
+        }
+        let url = format!("ftp://u:p@{SERVER_V4}/{file}");
+        args.push(&url);
+        let out = rig.curl(&args)?;
+        let result = if out.status.success() {
+            let same = sha256_file(&dest)? == sha256_file(&ftp_root.join(file))?;
+            format!("transferred, sha256 {}", if same { "identical" } else { "DIFFERS" })
+        } else {
+            // The control reply the gateway sent instead of the server's 226.
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            let reply = err.lines().filter_map(|l| l.strip_prefix("< 5")).last().map(|l| format!("5{l}"));
+            let curl = err.lines().filter(|l| l.starts_with("curl:")).last().unwrap_or("failed").to_string();
+            reply.unwrap_or(format!("{curl} (blocked; see the log)"))
+        };
+        rows.push(Row { what, result, server_saw: "-".into() });
+    }
+
     println!("{:<38} {:<44} server saw the connection from", "what the client did", "result");
     println!("{}", "-".repeat(112));
     for r in &rows {
@@ -137,8 +169,8 @@ pub fn run() -> anyhow::Result<()> {
     for r in gw.detections() {
         println!("  {r}");
     }
-    println!("\nrequest log:");
-    for l in gw.log_text().lines().filter(|l| l.contains(" http] ")) {
+    println!("\nrequest and transfer log:");
+    for l in gw.log_text().lines().filter(|l| l.contains(" http] ") || l.contains(" ftp] ")) {
         println!("  {l}");
     }
     gw.stop(&mut rig, libc::SIGTERM).context("stopping the gateway")?;
