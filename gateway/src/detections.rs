@@ -64,6 +64,14 @@ impl Detections {
     }
 }
 
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new id for a request or transfer: in its log line, its detection
+/// record and the block page.
+pub fn new_id() -> String {
+    format!("gw-{:x}-{}", now(), NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

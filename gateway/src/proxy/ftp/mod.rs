@@ -499,21 +499,8 @@ impl Session<'_> {
         let object = format!("ftp://{}/{}", self.dst, t.name.trim_start_matches('/'));
         match outcome {
             Outcome::Infected { threats, trickled, bytes, engine } => {
-                let id = format!("gw-{:x}-ftp", detections::now());
                 let reason = format!("infected: {}", threats.join(", "));
-                self.fx.detections.record(&Record {
-                    id: &id,
-                    time: detections::now(),
-                    kind,
-                    client: self.peer.to_string(),
-                    server: self.dst.to_string(),
-                    object: &object,
-                    threats: &threats,
-                    reason: &reason,
-                    engine: &engine,
-                    bytes,
-                    delivered_before_verdict: trickled,
-                });
+                self.record(kind, &object, &threats, &reason, &engine, bytes, trickled);
                 info!(target: "ftp", "client={} {} {} bytes={bytes} verdict=infected:{} trickled={trickled} server-reply={code}", self.peer, t.verb, t.name, threats.join(","));
                 self.to_client(&format!("505 virus found in file: {}", threats.join(", "))).await?;
                 if upload && t.verb != "STOU" {
@@ -521,21 +508,7 @@ impl Session<'_> {
                 }
             }
             Outcome::Blocked { reason, trickled } => {
-                let id = format!("gw-{:x}-ftp", detections::now());
-                let empty: Vec<String> = Vec::new();
-                self.fx.detections.record(&Record {
-                    id: &id,
-                    time: detections::now(),
-                    kind,
-                    client: self.peer.to_string(),
-                    server: self.dst.to_string(),
-                    object: &object,
-                    threats: &empty,
-                    reason: &reason,
-                    engine: "policy",
-                    bytes: 0,
-                    delivered_before_verdict: trickled,
-                });
+                self.record(kind, &object, &[], &reason, "policy", 0, trickled);
                 info!(target: "ftp", "client={} {} {} blocked: {reason} trickled={trickled}", self.peer, t.verb, t.name);
                 self.to_client(&format!("451 Transfer aborted: {reason}.")).await?;
                 if upload && t.verb != "STOU" {
@@ -556,6 +529,33 @@ impl Session<'_> {
             }
         }
         Ok(Flow::Go)
+    }
+
+    /// Writes the detection record of a blocked transfer.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        kind: &str,
+        object: &str,
+        threats: &[String],
+        reason: &str,
+        engine: &str,
+        bytes: u64,
+        trickled: u64,
+    ) {
+        self.fx.detections.record(&Record {
+            id: &detections::new_id(),
+            time: detections::now(),
+            kind,
+            client: self.peer.to_string(),
+            server: self.dst.to_string(),
+            object,
+            threats,
+            reason,
+            engine,
+            bytes,
+            delivered_before_verdict: trickled,
+        });
     }
 
     /// DELE the fragment an aborted upload left on the server; the reply

@@ -86,22 +86,31 @@ fn collect(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
     headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect()
 }
 
-/// Parses a complete request head (`buf` ends with CRLF CRLF).
-pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Head, HeadError> {
+/// The checks both kinds of head get before and after httparse.
+fn precheck(buf: &[u8], limits: Limits) -> Result<(), HeadError> {
     if buf.len() > limits.max_bytes {
         return Err(HeadError::TooLarge(format!("{} bytes", buf.len())));
     }
-    check_lines(buf)?;
+    check_lines(buf)
+}
+
+fn parsed(r: Result<httparse::Status<usize>, httparse::Error>, limits: Limits) -> Result<(), HeadError> {
+    match r {
+        Ok(httparse::Status::Complete(_)) => Ok(()),
+        Ok(httparse::Status::Partial) => Err(HeadError::Malformed("incomplete head".into())),
+        Err(httparse::Error::TooManyHeaders) => {
+            Err(HeadError::TooLarge(format!("more than {} headers", limits.max_headers)))
+        }
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
+    }
+}
+
+/// Parses a complete request head (`buf` ends with CRLF CRLF).
+pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Head, HeadError> {
+    precheck(buf, limits)?;
     let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut req = httparse::Request::new(&mut storage);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete head".into())),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError::TooLarge(format!("more than {} headers", limits.max_headers)));
-        }
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    }
+    parsed(req.parse(buf), limits)?;
     Ok(Head {
         method: req.method.unwrap_or_default().to_string(),
         target: req.path.unwrap_or_default().to_string(),
@@ -114,20 +123,10 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Head, HeadError> {
 
 /// Parses a complete response head.
 pub fn parse_response(buf: &[u8], limits: Limits) -> Result<Head, HeadError> {
-    if buf.len() > limits.max_bytes {
-        return Err(HeadError::TooLarge(format!("{} bytes", buf.len())));
-    }
-    check_lines(buf)?;
+    precheck(buf, limits)?;
     let mut storage = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut res = httparse::Response::new(&mut storage);
-    match res.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(HeadError::Malformed("incomplete head".into())),
-        Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError::TooLarge(format!("more than {} headers", limits.max_headers)));
-        }
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    }
+    parsed(res.parse(buf), limits)?;
     Ok(Head {
         method: String::new(),
         target: String::new(),

@@ -17,10 +17,7 @@ pub mod page;
 use std::{
     net::SocketAddr,
     os::fd::AsRawFd,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -54,12 +51,6 @@ pub struct HttpContext {
     pub page: BlockPage,
     /// Where detection records go.
     pub detections: Arc<Detections>,
-}
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-fn new_id() -> String {
-    format!("gw-{:x}-{}", detections::now(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
 
 /// One request's figures for its log line.
@@ -139,7 +130,7 @@ impl Flow<'_> {
             Err(e) => return self.refuse(400, "Bad Request", &e.to_string()).await,
         };
         let url = req.url(&self.dst.to_string());
-        let id = new_id();
+        let id = detections::new_id();
 
         if req.method.eq_ignore_ascii_case("CONNECT") && self.hx.cfg.connect == Passage::Refuse {
             return self.refuse(405, "Method Not Allowed", "CONNECT is not allowed through this gateway").await;
