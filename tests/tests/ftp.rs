@@ -17,18 +17,22 @@ use tests::ftpd::PY;
 struct Env {
     rig: Rig,
     root: PathBuf,
-    _clamd: Clamd,
+    clamd: Clamd,
     gw: Gateway,
 }
 
 fn setup(tag: &str) -> anyhow::Result<Env> {
+    setup_with(tag, "")
+}
+
+fn setup_with(tag: &str, ftp: &str) -> anyhow::Result<Env> {
     let mut rig = Rig::new(tag)?;
     let root = rig.dir().join("ftproot");
     tests::ftpd::start(&mut rig, &root)?;
     let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
     let scan = format!("clamd = \"{}\"", clamd.addr());
-    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;
-    Ok(Env { rig, root, _clamd: clamd, gw })
+    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ftp, ..Settings::default() })?;
+    Ok(Env { rig, root, clamd, gw })
 }
 
 fn text(o: &Output) -> String {
@@ -184,6 +188,40 @@ fn abort_mid_transfer_leaves_nothing_behind() -> anyhow::Result<()> {
     );
     wait_for("the expectation to go", Duration::from_secs(10), || {
         (env.gw.counter("/expectations").ok()? == 0).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn resume_can_be_refused_and_a_dead_scanner_aborts_with_451() -> anyhow::Result<()> {
+    let mut env = setup_with("fpol", "allow_resume = false")?;
+    random_file(&env.root.join("f"), 5000, 3)?;
+    env.clamd.stop();
+    let out = env.ftplib(
+        SERVER_V4,
+        "for c in ['REST 100']:\n    try:\n        print(f.sendcmd(c))\n    except ftplib.all_errors as e:\n        print(str(e))\n\
+got=[]\ntry:\n    f.retrbinary('RETR f', got.append)\n    print('RETR OK')\nexcept ftplib.all_errors as e:\n    print(len(b''.join(got)), str(e))\nf.quit()",
+    )?;
+    let t = text(&out);
+    assert!(t.lines().any(|l| l.starts_with("504 REST")), "{t}");
+    assert!(t.lines().any(|l| l.starts_with("0 451 Transfer aborted: not scanned (unavailable)")), "{t}");
+    Ok(())
+}
+
+#[test]
+fn refused_transfers_leave_no_listener_or_expectation() -> anyhow::Result<()> {
+    let env = setup("fgone")?;
+    // Passive and active RETR of a file that does not exist: the server
+    // answers 550 and never sends data.
+    let out = env.ftplib(
+        SERVER_V4,
+        "for passive in [True, False]:\n    f.set_pasv(passive)\n    try:\n        f.retrbinary('RETR missing', lambda b: None)\n    except ftplib.all_errors as e:\n        print(str(e)[:3])\nprint(f.voidcmd('NOOP')[:3])\nf.quit()",
+    )?;
+    assert_eq!(text(&out).split_whitespace().collect::<Vec<_>>(), ["550", "550", "200"], "{}", text(&out));
+    wait_for("expectations and active-mode listeners to go", Duration::from_secs(10), || {
+        let listeners = env.rig.run(Ns::Gateway, "ss", &["-Hltn"]).ok()?;
+        let extra = String::from_utf8_lossy(&listeners.stdout).lines().filter(|l| l.contains("198.19.0.1:")).count();
+        (env.gw.counter("/expectations").ok()? == 0 && extra == 0).then_some(())
     })?;
     Ok(())
 }

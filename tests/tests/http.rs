@@ -112,7 +112,7 @@ fn setup_with(tag: &str, scan: &str, http: &str, icap: Option<()>) -> anyhow::Re
         }
         None => format!("clamd = \"{}\"\n{scan}", clamd.addr()),
     };
-    let gw = Gateway::start(&mut rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http })?;
+    let gw = Gateway::start(&mut rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http, ftp: "" })?;
     Ok(Env { rig, nginx, clamd, gw: Some(gw) })
 }
 
