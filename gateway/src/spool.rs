@@ -104,8 +104,11 @@ impl Spool {
             }
             self.spill()?;
         }
-        let file = self.file.as_mut().expect("spilled above");
-        file.write_all(data).map_err(|source| self.err(source))?;
+        let dir = &self.config.dir;
+        let Some(file) = self.file.as_mut() else {
+            return Err(SpoolError { dir: dir.clone(), source: std::io::Error::other("no spool file after spilling") });
+        };
+        file.write_all(data).map_err(|source| SpoolError { dir: dir.clone(), source })?;
         self.len += data.len() as u64;
         Ok(())
     }
