@@ -345,8 +345,10 @@ fn a_dead_scanner_fails_closed_by_default_and_open_when_configured() -> anyhow::
     let gw = env.gw.take().expect("gateway");
     gw.stop(&mut env.rig, libc::SIGTERM)?;
     let scan = format!("clamd = \"{}\"\non_error = \"allow\"", env.clamd.addr());
-    env.gw =
-        Some(Gateway::start(&mut env.rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http: "" })?);
+    env.gw = Some(Gateway::start(
+        &mut env.rig,
+        &Settings { steering: "http_ports = [80, 8081]", scan: &scan, ..Settings::default() },
+    )?);
     let (status, got) = env.get(&format!("http://{SERVER_V4}/c"), &[])?;
     assert_eq!(status, 200);
     assert_eq!(sha256_file(&got)?, sha256_file(&env.nginx.www.join("c"))?);
