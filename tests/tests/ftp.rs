@@ -225,3 +225,20 @@ fn refused_transfers_leave_no_listener_or_expectation() -> anyhow::Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn overlong_lines_and_idle_control_connections_are_closed_with_a_reply() -> anyhow::Result<()> {
+    let env = setup_with("flimit", "idle_timeout = \"1s\"")?;
+    let script = format!(
+        "import socket,time\n\
+         def conn():\n    s=socket.create_connection(('{SERVER_V4}',21)); s.settimeout(10); s.recv(200); return s\n\
+         def rest(s):\n    d=b''\n    while True:\n        c=s.recv(200)\n        if not c: return d.decode().strip()\n        d+=c\n\
+         s=conn(); s.sendall(b'NOOP '+b'x'*5000+b'\\r\\n'); print(rest(s))\n\
+         s=conn(); time.sleep(2); print(rest(s))\n"
+    );
+    let out = env.rig.run(Ns::Client, PY, &["-c", &script])?;
+    let t = text(&out);
+    let lines: Vec<&str> = t.lines().collect();
+    assert_eq!(lines, ["500 Command line too long.", "421 Idle timeout, closing the control connection."], "{t}");
+    Ok(())
+}
