@@ -108,11 +108,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: shutting down"),
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
-    let stats = control::Stats {
-        kernel: steering.stats(),
-        proxy: ctx.stats.snapshot(),
-        expectations: steering.expectations().len(),
-    };
+    let stats = control::Stats::collect(&steering, &ctx);
     info!("final counters: {}", serde_json::to_string(&stats).unwrap_or_default());
     tasks.shutdown().await;
     if !config.control.socket.as_os_str().is_empty() {

@@ -33,6 +33,13 @@ pub struct Stats {
     pub expectations: usize,
 }
 
+impl Stats {
+    /// Reads every counter now.
+    pub fn collect(steering: &Steering, ctx: &Context) -> Stats {
+        Stats { kernel: steering.stats(), proxy: ctx.stats.snapshot(), expectations: steering.expectations().len() }
+    }
+}
+
 /// Binds the socket, replacing a stale one.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
@@ -76,11 +83,7 @@ fn execute(line: &str, steering: &Steering, ctx: &Context) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["stats"] => {
-            let stats = Stats {
-                kernel: steering.stats(),
-                proxy: ctx.stats.snapshot(),
-                expectations: steering.expectations().len(),
-            };
+            let stats = Stats::collect(steering, ctx);
             serde_json::to_string(&stats).unwrap_or_else(|e| format!("error: {e}"))
         }
         ["expect", op @ ("add" | "del"), client, server, port] => {

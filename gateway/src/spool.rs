@@ -8,8 +8,8 @@
 
 use std::{
     fs::File,
-    io::{Read, Seek, SeekFrom, Write},
-    path::{Path, PathBuf},
+    io::Write,
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -149,47 +149,11 @@ impl Spool {
             }
         }
     }
-
-    /// A reader over the whole body from the start.
-    pub fn reader(&mut self) -> Result<SpoolReader<'_>, SpoolError> {
-        if let Some(f) = self.file.as_mut() {
-            if let Err(source) = f.seek(SeekFrom::Start(0)) {
-                return Err(SpoolError { dir: self.config.dir.clone(), source });
-            }
-        }
-        Ok(SpoolReader { spool: self, pos: 0 })
-    }
-
-    /// The directory this spool writes to.
-    pub fn dir(&self) -> &Path {
-        &self.config.dir
-    }
 }
 
 impl Drop for Spool {
     fn drop(&mut self) {
         self.config.budget.give_back(self.memory.len() as u64);
-    }
-}
-
-/// Reads a held body back.
-pub struct SpoolReader<'a> {
-    spool: &'a mut Spool,
-    pos: usize,
-}
-
-impl Read for SpoolReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self.spool.file.as_mut() {
-            Some(f) => f.read(buf),
-            None => {
-                let rest = &self.spool.memory[self.pos..];
-                let n = rest.len().min(buf.len());
-                buf[..n].copy_from_slice(&rest[..n]);
-                self.pos += n;
-                Ok(n)
-            }
-        }
     }
 }
 
@@ -202,8 +166,8 @@ mod tests {
     }
 
     fn read_all(s: &mut Spool) -> Vec<u8> {
-        let mut v = Vec::new();
-        s.reader().unwrap().read_to_end(&mut v).unwrap();
+        let mut v = vec![0; s.len() as usize];
+        assert_eq!(s.read_at(0, &mut v).unwrap(), v.len());
         v
     }
 

@@ -22,6 +22,19 @@ pub fn eicar() -> Vec<u8> {
     v
 }
 
+/// Writes a zip archive (made by Python's zipfile, deflated) holding the
+/// EICAR file as `member` to `dest`.
+pub fn eicar_zip(dest: &std::path::Path, member: &str) -> anyhow::Result<()> {
+    let hex: String = eicar().iter().map(|b| format!("{b:02x}")).collect();
+    let py = format!(
+        "import zipfile\nz=zipfile.ZipFile({:?},'w',zipfile.ZIP_DEFLATED)\nz.writestr({member:?},bytes.fromhex('{hex}'))\nz.close()",
+        dest.display().to_string()
+    );
+    let out = Command::new("python3").args(["-c", &py]).output().context("running python3 for the zip")?;
+    anyhow::ensure!(out.status.success(), "making {}: {}", dest.display(), String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
 /// A running clamd on a Unix socket in its own directory.
 pub struct Clamd {
     /// The socket.

@@ -60,6 +60,11 @@ pub fn random_file(path: &Path, len: u64, seed: u64) -> anyhow::Result<PathBuf> 
     Ok(path.to_owned())
 }
 
+/// A command's stdout and stderr together, for messages and checks.
+pub fn output_text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
 /// Runs a command and fails with its output unless it succeeded.
 pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;

@@ -35,9 +35,7 @@ fn setup_with(tag: &str, ftp: &str) -> anyhow::Result<Env> {
     Ok(Env { rig, root, clamd, gw })
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use tests::util::output_text as text;
 
 impl Env {
     /// Runs an ftplib script in the client namespace with `f` logged in.

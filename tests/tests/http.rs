@@ -4,7 +4,7 @@
 //! from a small test server written here (Python, port 8081), which is a
 //! peer for framing cases, not a fake of anything the gateway talks to.
 
-use std::{path::PathBuf, process::Output, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::ensure;
 use tests::{
@@ -90,12 +90,7 @@ fn setup_with(tag: &str, scan: &str, http: &str, icap: Option<()>) -> anyhow::Re
     let mut big = random_bytes(10 << 20);
     big.extend_from_slice(&eicar());
     std::fs::write(nginx.www.join("tail-10m.bin"), &big)?;
-    let py = format!(
-        "import zipfile\nz=zipfile.ZipFile('{}/eicar.zip','w',zipfile.ZIP_DEFLATED); z.writestr('a/eicar.com',open('{}/eicar.com','rb').read()); z.close()",
-        nginx.www.display(),
-        nginx.www.display()
-    );
-    ensure!(std::process::Command::new("python3").args(["-c", &py]).status()?.success());
+    tests::clamd::eicar_zip(&nginx.www.join("eicar.zip"), "a/eicar.com")?;
     let mut cmd = rig.cmd(Ns::Server, "python3");
     cmd.args(["-c", HAND_SERVER]);
     let log = rig.dir().join("hand-server.log");
@@ -128,9 +123,7 @@ fn random_bytes(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use tests::util::output_text as text;
 
 impl Env {
     fn gw(&self) -> &Gateway {

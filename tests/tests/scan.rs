@@ -35,14 +35,13 @@ fn setup(tag: &str) -> anyhow::Result<Env> {
     random_file(&big, 10 << 20, 6)?;
     std::fs::OpenOptions::new().append(true).open(&big).and_then(|mut f| std::io::Write::write_all(&mut f, &e))?;
     // Archives made by Python's own zipfile and gzip.
+    tests::clamd::eicar_zip(&files.join("eicar.zip"), "x/eicar.com")?;
     let py = format!(
-        "import zipfile,gzip\ndata=open('{f}/eicar.com','rb').read()\n\
-         z=zipfile.ZipFile('{f}/eicar.zip','w',zipfile.ZIP_DEFLATED); z.writestr('readme.txt',b'hello'); z.writestr('x/eicar.com',data); z.close()\n\
-         open('{f}/eicar.gz','wb').write(gzip.compress(data))\n",
+        "import gzip\nopen('{f}/eicar.gz','wb').write(gzip.compress(open('{f}/eicar.com','rb').read()))\n",
         f = files.display()
     );
     let out = std::process::Command::new("python3").args(["-c", &py]).output()?;
-    anyhow::ensure!(out.status.success(), "making archives: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "making eicar.gz: {}", String::from_utf8_lossy(&out.stderr));
     Ok(Env { rig, clamd, icap, files })
 }
 

@@ -4,7 +4,7 @@
 //! Each test builds its own rig (namespaces named after the test), so they
 //! run in parallel; the rig is torn down on drop, also when a test fails.
 
-use std::{process::Output, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use tests::{
@@ -20,9 +20,7 @@ fn relay_only(steering: &str) -> Settings<'_> {
     Settings { steering, http: NO_SCAN, ..Settings::default() }
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use tests::util::output_text as text;
 
 /// GETs `url` into `dest` in the rig dir and returns its sha256.
 fn download(rig: &Rig, url: &str, dest: &str, extra: &[&str]) -> anyhow::Result<String> {

@@ -1,8 +1,6 @@
 //! `cargo xtask bench`: measurements on the rig, printed as tables with
 //! ratios. Nothing here asserts a speed; numbers are for people.
 
-use std::process::Output;
-
 use anyhow::{Context as _, ensure};
 use tests::{Gateway, Ns, Rig, nginx::Nginx, rig::SERVER_V4, util::random_file};
 
@@ -13,9 +11,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn out_text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+use tests::util::output_text as out_text;
 
 /// Median MiB/s of `RUNS` curl transfers; `upload` is a file to PUT.
 fn transfer(rig: &Rig, url: &str, upload: Option<&str>) -> anyhow::Result<f64> {

@@ -40,21 +40,22 @@ pub fn cpu_of_cicap() -> f64 {
     total
 }
 
-/// CPU seconds of reaped children (user + system).
-fn children_cpu() -> f64 {
+/// CPU seconds (user + system) of `who`: RUSAGE_SELF or RUSAGE_CHILDREN
+/// (reaped children).
+fn rusage_cpu(who: libc::c_int) -> f64 {
     // SAFETY: getrusage fills the struct.
     let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut r) };
+    unsafe { libc::getrusage(who, &mut r) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(r.ru_utime) + tv(r.ru_stime)
 }
 
+fn children_cpu() -> f64 {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
+}
+
 fn self_cpu() -> f64 {
-    // SAFETY: getrusage fills the struct.
-    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(r.ru_utime) + tv(r.ru_stime)
+    rusage_cpu(libc::RUSAGE_SELF)
 }
 
 /// The limit: a minimal INSTREAM client writing 1 MiB chunks. Returns the

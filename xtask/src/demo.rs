@@ -32,11 +32,7 @@ pub fn run() -> anyhow::Result<()> {
     random_file(&nginx.www.join("100m.bin"), 100 << 20, 1)?;
     random_file(&nginx.www.join("1m.bin"), 1 << 20, 2)?;
     std::fs::write(nginx.www.join("eicar.com"), eicar())?;
-    let zip = format!(
-        "import zipfile\nz=zipfile.ZipFile('{w}/eicar.zip','w',zipfile.ZIP_DEFLATED); z.writestr('docs/invoice.com',open('{w}/eicar.com','rb').read()); z.close()",
-        w = nginx.www.display()
-    );
-    std::process::Command::new("python3").args(["-c", &zip]).status().context("making eicar.zip")?;
+    tests::clamd::eicar_zip(&nginx.www.join("eicar.zip"), "docs/invoice.com")?;
     let upload = random_file(&rig.dir().join("10m.bin"), 10 << 20, 3)?;
     let eicar_up = rig.dir().join("eicar-upload.com");
     std::fs::write(&eicar_up, eicar())?;

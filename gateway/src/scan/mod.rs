@@ -10,7 +10,7 @@ pub mod clamd;
 pub mod files;
 pub mod icap;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -165,16 +165,6 @@ impl Scanner {
         &self.backend
     }
 
-    /// The spool directory.
-    pub fn spool_dir(&self) -> &PathBuf {
-        &self.spool.dir
-    }
-
-    /// Memory all spools hold now.
-    pub fn spool_memory_used(&self) -> u64 {
-        self.spool.budget.used()
-    }
-
     /// Checks that the backend answers (PING / OPTIONS).
     pub async fn health(&self) -> Result<String, String> {
         match &self.backend {
@@ -202,7 +192,6 @@ impl Scanner {
         });
         Session {
             scanner: self.clone(),
-            meta,
             tx: Some(tx),
             task,
             spool: hold.then(|| Spool::new(self.spool.clone())),
@@ -217,7 +206,6 @@ impl Scanner {
 /// One body being scanned.
 pub struct Session {
     scanner: Arc<Scanner>,
-    meta: ScanMeta,
     tx: Option<mpsc::Sender<Bytes>>,
     task: JoinHandle<Verdict>,
     spool: Option<Spool>,
@@ -236,11 +224,6 @@ pub struct Finished {
 }
 
 impl Session {
-    /// The metadata this session was started with.
-    pub fn meta(&self) -> &ScanMeta {
-        &self.meta
-    }
-
     /// Copies held bytes from `offset` (trickling before the verdict).
     pub fn read_held(&self, offset: u64, buf: &mut [u8]) -> usize {
         self.spool.as_ref().and_then(|s| s.read_at(offset, buf).ok()).unwrap_or(0)
@@ -255,7 +238,14 @@ impl Session {
     /// fails: problems become the verdict at [`Session::finish`].
     pub async fn feed(&mut self, chunk: &[u8]) {
         self.hold(chunk);
-        self.scan(chunk).await;
+        self.scan(Bytes::copy_from_slice(chunk)).await;
+    }
+
+    /// Like [`Session::feed`] for a piece the caller owns: it goes to the
+    /// scanner without another copy.
+    pub async fn feed_owned(&mut self, chunk: Vec<u8>) {
+        self.hold(&chunk);
+        self.scan(Bytes::from(chunk)).await;
     }
 
     /// Holds bytes for delivery without scanning them (the encoded form of
@@ -270,11 +260,11 @@ impl Session {
     }
 
     /// Scans bytes without holding them.
-    pub async fn scan(&mut self, chunk: &[u8]) {
+    pub async fn scan(&mut self, chunk: Bytes) {
         if chunk.is_empty() {
             return;
         }
-        self.hasher.update(chunk);
+        self.hasher.update(&chunk);
         self.bytes += chunk.len() as u64;
         if self.bytes > self.scanner.max_scan_size && !self.oversize {
             // Stop scanning; a partial stream must never yield "clean".
@@ -283,7 +273,7 @@ impl Session {
             self.task.abort();
         }
         if let Some(tx) = &self.tx {
-            if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+            if tx.send(chunk).await.is_err() {
                 // The backend already decided (ICAP 204 in the preview, or
                 // an error); the verdict is waiting in the task.
                 self.tx = None;

@@ -44,16 +44,6 @@ impl DataWaiters {
     pub fn take(&self, key: &Key) -> Option<oneshot::Sender<TcpStream>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
     }
-
-    /// Waiters registered now (for leak checks).
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether nobody waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// An expected passive connection: eBPF entry and waiter, both removed when

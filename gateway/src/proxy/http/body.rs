@@ -69,25 +69,15 @@ impl BodyReader {
         BodyReader { state, read: 0, idle }
     }
 
-    /// Body bytes returned so far.
-    pub fn read(&self) -> u64 {
-        self.read
-    }
-
     /// The next piece of body, `None` at its end.
     pub async fn next(&mut self, conn: &mut Conn) -> Result<Option<Vec<u8>>, BodyError> {
         loop {
             match self.state {
                 State::Done => return Ok(None),
                 State::Length(left) => {
-                    if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
-                        return Err(BodyError::Short(self.read));
-                    }
-                    let n = (left.min(conn.buffered().len() as u64)) as usize;
-                    let piece = conn.buffered()[..n].to_vec();
-                    conn.consume(n);
-                    self.state = if left == n as u64 { State::Done } else { State::Length(left - n as u64) };
-                    self.read += n as u64;
+                    let piece = self.take(conn, left).await?;
+                    let rest = left - piece.len() as u64;
+                    self.state = if rest == 0 { State::Done } else { State::Length(rest) };
                     return Ok(Some(piece));
                 }
                 State::Close => {
@@ -108,14 +98,9 @@ impl BodyReader {
                     };
                 }
                 State::ChunkData(left) => {
-                    if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
-                        return Err(BodyError::Short(self.read));
-                    }
-                    let n = (left.min(conn.buffered().len() as u64)) as usize;
-                    let piece = conn.buffered()[..n].to_vec();
-                    conn.consume(n);
-                    self.state = if left == n as u64 { State::ChunkEnd } else { State::ChunkData(left - n as u64) };
-                    self.read += n as u64;
+                    let piece = self.take(conn, left).await?;
+                    let rest = left - piece.len() as u64;
+                    self.state = if rest == 0 { State::ChunkEnd } else { State::ChunkData(rest) };
                     return Ok(Some(piece));
                 }
                 State::ChunkEnd => {
@@ -137,6 +122,19 @@ impl BodyReader {
                 }
             }
         }
+    }
+
+    /// Up to `left` bytes of a body whose end is known; the peer closing
+    /// first is a short body.
+    async fn take(&mut self, conn: &mut Conn, left: u64) -> Result<Vec<u8>, BodyError> {
+        if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
+            return Err(BodyError::Short(self.read));
+        }
+        let n = (left.min(conn.buffered().len() as u64)) as usize;
+        let piece = conn.buffered()[..n].to_vec();
+        conn.consume(n);
+        self.read += n as u64;
+        Ok(piece)
     }
 
     /// One CRLF-terminated line, without the CRLF.

@@ -165,7 +165,7 @@ impl Flow<'_> {
                 match reader.next(&mut self.client).await {
                     Ok(Some(p)) => {
                         self.counts.up.fetch_add(p.len() as u64, Ordering::Relaxed);
-                        session.feed(&p).await;
+                        session.feed_owned(p).await;
                     }
                     Ok(None) => break,
                     Err(BodyError::Invalid(m)) => return self.refuse(400, "Bad Request", &m).await,
@@ -211,7 +211,7 @@ impl Flow<'_> {
 
         // The response.
         let (max, wait) = (self.limits.max_bytes, self.body_wait());
-        let res_raw = loop {
+        let (res_raw, mut res) = loop {
             let up = self.upstream.as_mut().ok_or("no upstream")?;
             let raw = match up.read_head(max, wait).await {
                 Ok(Some(h)) => h,
@@ -223,22 +223,18 @@ impl Flow<'_> {
                 }
                 Err(e) => return self.refuse(502, "Bad Gateway", &format!("reading the server's answer: {e}")).await,
             };
-            let interim =
-                head::parse_response(&raw, self.limits).map(|h| (100..200).contains(&h.status) && h.status != 101);
-            match interim {
-                // 100 Continue was answered by the gateway; other interim
-                // answers (103 Early Hints) go on to the client.
-                Ok(true) => {
-                    if !raw.starts_with(b"HTTP/1.1 100") && !raw.starts_with(b"HTTP/1.0 100") {
-                        self.write_client(&raw).await?;
-                    }
-                }
-                _ => break raw,
+            let head = match head::parse_response(&raw, self.limits) {
+                Ok(h) => h,
+                Err(e) => return self.refuse(502, "Bad Gateway", &format!("the server's answer: {e}")).await,
+            };
+            if !(100..200).contains(&head.status) || head.status == 101 {
+                break (raw, head);
             }
-        };
-        let mut res = match head::parse_response(&res_raw, self.limits) {
-            Ok(r) => r,
-            Err(e) => return self.refuse(502, "Bad Gateway", &format!("the server's answer: {e}")).await,
+            // 100 Continue was answered by the gateway; other interim
+            // answers (103 Early Hints) go on to the client.
+            if head.status != 100 {
+                self.write_client(&raw).await?;
+            }
         };
         if res.status == 101 {
             if !upgrade || self.hx.cfg.upgrade == Passage::Refuse {
@@ -334,10 +330,10 @@ impl Flow<'_> {
                     }
                     match (&mut decoder, &undecodable) {
                         (Ok(Some(d)), None) => match d.push(&p) {
-                            Ok(plain) => session.scan(&plain).await,
+                            Ok(plain) => session.scan(plain.into()).await,
                             Err(e) => undecodable = Some(e.to_string()),
                         },
-                        (Ok(None), _) => session.scan(&p).await,
+                        (Ok(None), _) => session.scan(p.into()).await,
                         _ => {}
                     }
                 }
@@ -354,7 +350,7 @@ impl Flow<'_> {
         }
         if let (Ok(Some(d)), None) = (&mut decoder, &undecodable) {
             match d.finish() {
-                Ok(plain) => session.scan(&plain).await,
+                Ok(plain) => session.scan(plain.into()).await,
                 Err(e) => undecodable = Some(e.to_string()),
             }
         }
@@ -527,8 +523,10 @@ impl Flow<'_> {
 
     /// Answers with an error page and ends the connection.
     async fn refuse(&mut self, status: u16, reason: &str, why: &str) -> Result<bool, End> {
-        let body =
-            format!("<!DOCTYPE html><html><body><h1>{status} {reason}</h1><p>{}</p></body></html>\n", html_escape(why));
+        let body = format!(
+            "<!DOCTYPE html><html><body><h1>{status} {reason}</h1><p>{}</p></body></html>\n",
+            page::escape(why)
+        );
         let head = format!(
             "HTTP/1.1 {status} {reason}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
             body.len()
@@ -783,8 +781,4 @@ fn verdict_name(v: &Verdict) -> String {
         Verdict::Infected { threats, .. } => format!("infected:{}", threats.join(",")),
         Verdict::Error { kind, .. } => format!("error:{}", kind.name()),
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

@@ -41,7 +41,8 @@ pub struct PageInfo<'a> {
     pub id: &'a str,
 }
 
-fn escape(s: &str) -> String {
+/// HTML-escapes text for a page.
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
