@@ -70,18 +70,24 @@ enum LineError {
 }
 
 impl Lines {
-    async fn more(&mut self, idle: Duration) -> Result<bool, LineError> {
+    /// Reads more; `idle: None` waits as long as it takes (EOF or error
+    /// still end it).
+    async fn more(&mut self, idle: Option<Duration>) -> Result<bool, LineError> {
         if self.buf.len() > self.max {
             return Err(LineError::TooLong);
         }
-        match tokio::time::timeout(idle, self.r.read_buf(&mut self.buf)).await {
-            Ok(Ok(0)) => Ok(false),
-            Ok(Ok(_)) => {
+        let read = self.r.read_buf(&mut self.buf);
+        let r = match idle {
+            Some(idle) => tokio::time::timeout(idle, read).await.map_err(|_| LineError::Idle)?,
+            None => read.await,
+        };
+        match r {
+            Ok(0) => Ok(false),
+            Ok(_) => {
                 self.past_urgent_mark();
                 Ok(true)
             }
-            Ok(Err(e)) => Err(LineError::Io(e)),
-            Err(_) => Err(LineError::Idle),
+            Err(e) => Err(LineError::Io(e)),
         }
     }
 
@@ -114,7 +120,7 @@ impl Lines {
     }
 
     /// One command line; `None` at EOF.
-    async fn line(&mut self, idle: Duration) -> Result<Option<String>, LineError> {
+    async fn line(&mut self, idle: Option<Duration>) -> Result<Option<String>, LineError> {
         loop {
             if let Some(l) = self.take_line() {
                 if l.len() > self.max {
@@ -129,7 +135,7 @@ impl Lines {
     }
 
     /// One whole reply (multi-line ones included); `None` at EOF.
-    async fn reply(&mut self, idle: Duration) -> Result<Option<(u16, Vec<String>)>, LineError> {
+    async fn reply(&mut self, idle: Option<Duration>) -> Result<Option<(u16, Vec<String>)>, LineError> {
         loop {
             if let Some(end) = self.reply_end() {
                 let raw: Vec<u8> = self.buf.drain(..end).collect();
@@ -240,9 +246,11 @@ pub async fn serve(
     let idle = fx.cfg.idle_timeout.0;
     loop {
         let ev = if s.deferred.is_empty() {
+            // Idleness is the client's: a server waiting for the next
+            // command is silent, and only its EOF or an error ends the session.
             tokio::select! {
-                l = cr.line(idle) => Event::Client(l),
-                r = sr.reply(idle) => Event::Server(r),
+                l = cr.line(Some(idle)) => Event::Client(l),
+                r = sr.reply(None) => Event::Server(r),
             }
         } else {
             Event::Client(Ok(Some(s.deferred.remove(0))))
@@ -473,7 +481,7 @@ impl Session<'_> {
             loop {
                 tokio::select! {
                     o = &mut t.handle => break o.unwrap_or_else(|e| Outcome::Failed(format!("transfer task: {e}"))),
-                    l = cr.line(idle) => match l {
+                    l = cr.line(Some(idle)) => match l {
                         Ok(Some(line)) if split_command(&line).0 == "ABOR" => {
                             t.handle.abort();
                             info!(target: "ftp", "client={} {} {} aborted by the client before the verdict", self.peer, t.verb, t.name);
@@ -562,7 +570,7 @@ impl Session<'_> {
     /// goes to the log, not to the client.
     async fn delete_fragment(&mut self, name: &str, sr: &mut Lines) -> Result<(), String> {
         self.to_server(&format!("DELE {name}")).await?;
-        match sr.reply(self.fx.cfg.data_timeout.0).await {
+        match sr.reply(Some(self.fx.cfg.data_timeout.0)).await {
             Ok(Some((code, lines))) => {
                 let ok = (200..300).contains(&code);
                 info!(target: "ftp", "client={} DELE of the infected fragment {name}: {} ({})", self.peer, if ok { "deleted" } else { "not deleted" }, lines.join(" "));
