@@ -114,20 +114,58 @@ fn infected_upload_gets_505_and_the_fragment_is_deleted() -> anyhow::Result<()> 
     let e = env.rig.dir().join("up-eicar.com");
     std::fs::write(&e, eicar())?;
     let clean = random_file(&env.rig.dir().join("up-clean"), 5 << 20, 8)?;
+    // APPE to a file that holds the user's data: that file must survive.
+    let before = random_file(&env.root.join("appended"), 3000, 9)?;
+    let before = std::fs::read(before)?;
     let out = env.ftplib(
         SERVER_V4,
         &format!(
-            "for src,dst in [('{}','stored-eicar.com'),('{}','stored-clean')]:\n    try:\n        f.storbinary('STOR '+dst, open(src,'rb'))\n        print(dst, 'OK')\n    except ftplib.all_errors as e:\n        print(dst, str(e))\nf.quit()",
-            e.display(),
-            clean.display()
+            "for src,cmd in [('{e}','STOR stored-eicar.com'),('{c}','STOR stored-clean'),('{e}','STOU'),('{e}','APPE appended')]:\n    try:\n        f.storbinary(cmd, open(src,'rb'))\n        print(cmd, 'OK')\n    except ftplib.all_errors as e:\n        print(cmd, str(e))\nf.quit()",
+            e = e.display(),
+            c = clean.display()
         ),
     )?;
     let t = text(&out);
-    assert!(t.contains("stored-eicar.com 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
-    assert!(t.contains("stored-clean OK"), "{t}");
+    for cmd in ["STOR stored-eicar.com", "STOU", "APPE appended"] {
+        assert!(t.contains(&format!("{cmd} 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL")), "{cmd}: {t}");
+    }
+    assert!(t.contains("STOR stored-clean OK"), "{t}");
     assert!(!env.root.join("stored-eicar.com").exists(), "the infected fragment is still on the server");
     assert_eq!(sha256_file(&env.root.join("stored-clean"))?, sha256_file(&clean)?);
-    assert!(env.gw.log_text().contains("DELE of the infected fragment stored-eicar.com: deleted"));
+    let log = env.gw.log_text();
+    assert!(log.contains("DELE of the infected fragment stored-eicar.com: deleted"), "{log}");
+    // STOU: the server chose the name (150 FILE: …) and the gateway deleted it.
+    let mut left: Vec<String> =
+        std::fs::read_dir(&env.root)?.map(|d| d.map(|d| d.file_name().to_string_lossy().into_owned())).collect::<Result<_, _>>()?;
+    left.sort();
+    assert_eq!(left, ["appended", "stored-clean"], "{log}");
+    assert!(log.lines().any(|l| l.contains("DELE of the infected fragment") && l.contains(": deleted") && !l.contains("stored-eicar")), "{log}");
+    // The 68-byte EICAR is below one trickle window: nothing was appended.
+    assert_eq!(std::fs::read(env.root.join("appended"))?, before, "APPE changed the existing file");
+    Ok(())
+}
+
+#[test]
+fn resumed_transfers_scan_what_is_transferred() -> anyhow::Result<()> {
+    let env = setup("fresume")?;
+    let clean = std::fs::read(random_file(&env.root.join("clean"), 6 << 20, 11)?)?;
+    let mut big = std::fs::read(random_file(&env.root.join("tmp"), 3 << 20, 12)?)?;
+    big.extend_from_slice(&eicar());
+    std::fs::write(env.root.join("big-eicar.bin"), &big)?;
+    let got = env.rig.dir().join("resumed");
+    let out = env.ftplib(
+        SERVER_V4,
+        &format!(
+            "got=open('{}','wb')\nf.retrbinary('RETR clean', got.write, rest=1000001)\ngot.close()\nprint('clean OK')\n\
+             try:\n    f.retrbinary('RETR big-eicar.bin', lambda b: None, rest=1<<20)\n    print('eicar OK')\n\
+             except ftplib.all_errors as e:\n    print('eicar', str(e))\nf.quit()",
+            got.display()
+        ),
+    )?;
+    let t = text(&out);
+    assert!(t.contains("clean OK"), "{t}");
+    assert_eq!(std::fs::read(&got)?, clean[1_000_001..], "the resumed part differs");
+    assert!(t.contains("eicar 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
     Ok(())
 }
 

@@ -55,6 +55,14 @@ pub fn format_eprt(a: SocketAddr) -> String {
     format!("|{fam}|{}|{}|", a.ip(), a.port())
 }
 
+/// The name a server chose for STOU, from its preliminary reply
+/// (RFC 1123 §4.1.2.9: `125 FILE: pppp` or `150 FILE: pppp`).
+pub fn parse_stou_name(line: &str) -> Option<&str> {
+    let at = line.to_ascii_uppercase().find("FILE:")?;
+    let name = line[at + 5..].trim();
+    (!name.is_empty()).then_some(name)
+}
+
 /// Splits `VERB args` into an upper-case verb and the rest.
 pub fn split_command(line: &str) -> (String, &str) {
     let line = line.trim_end_matches(['\r', '\n']);
@@ -97,6 +105,9 @@ mod tests {
         assert_eq!(format_eprt("[fd00:19::1]:7000".parse().unwrap()), "|2|fd00:19::1|7000|");
         assert!(parse_hostport("1,2,3,4,5").is_none());
         assert!(parse_hostport("1,2,3,4,5,256").is_none());
+        assert_eq!(parse_stou_name("150 FILE: stou-1.bin"), Some("stou-1.bin"));
+        assert_eq!(parse_stou_name("125 File: a b"), Some("a b"));
+        assert_eq!(parse_stou_name("150 Ok to send data."), None);
     }
 
     #[test]

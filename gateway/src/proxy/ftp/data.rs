@@ -91,7 +91,7 @@ pub enum Outcome {
         /// Bytes that went on before the verdict.
         trickled: u64,
     },
-    /// Malware found; the receiver's connection was aborted.
+    /// Malware found; the receiver's connection was closed after the trickle.
     Infected {
         /// Threat names.
         threats: Vec<String>,
@@ -102,7 +102,7 @@ pub enum Outcome {
         /// Engine.
         engine: String,
     },
-    /// Not scannable and blocked by policy; the receiver's connection was aborted.
+    /// Not scannable and blocked by policy; the receiver's connection was closed after the trickle.
     Blocked {
         /// Why.
         reason: String,
@@ -123,11 +123,13 @@ pub struct Trickle {
 }
 
 /// Moves one file from `from` to `to`, scanning it; `to` gets the trickle
-/// before the verdict and the rest after a clean one. A blocked upload
-/// resets the server's data connection (it must not take the file as
-/// complete); a blocked download closes the client's after the trickle, so
-/// that the client goes on to read the `505` on the control connection (on
-/// a reset, clients fail on the data socket first and never show it).
+/// before the verdict and the rest after a clean one. A blocked file's
+/// receiving connection is closed after the trickle, not reset: a client
+/// reset on the data socket fails there and never shows the `505`, and a
+/// server (pyftpdlib) that sees the reset before it has taken the
+/// connection sends no final reply at all, leaving the session hanging.
+/// The server therefore stores the trickled fragment as if complete, and
+/// the control session deletes it.
 pub async fn scanned(
     mut from: TcpStream,
     mut to: TcpStream,
@@ -136,7 +138,6 @@ pub async fn scanned(
     trickle: Trickle,
     stall: Duration,
 ) -> Outcome {
-    let upload = meta.direction == Direction::Upload;
     let mut session = scanner.start(meta, true);
     let mut buf = vec![0u8; 256 * 1024];
     let mut sent: u64 = 0;
@@ -198,11 +199,7 @@ pub async fn scanned(
             Outcome::Delivered { bytes: off, verdict, trickled: sent }
         }
         Decision::Block(reason) => {
-            if upload {
-                relay::reset_on_close(&to);
-            } else {
-                let _ = to.shutdown().await;
-            }
+            let _ = to.shutdown().await;
             drop(to);
             match done.outcome.verdict {
                 Verdict::Infected { threats, engine, .. } => {

@@ -28,7 +28,8 @@ use tokio::{
 
 use self::{
     command::{
-        final_code, format_eprt, format_hostport, parse_227, parse_229, parse_eprt, parse_hostport, split_command,
+        final_code, format_eprt, format_hostport, parse_227, parse_229, parse_eprt, parse_hostport, parse_stou_name,
+        split_command,
     },
     data::{DataWaiters, Expected, Outcome, Trickle},
 };
@@ -449,6 +450,13 @@ impl Session<'_> {
         } else if code >= 200 && (code == 227 || code == 229) {
             self.pending_passive = false;
         }
+        if matches!(code, 125 | 150)
+            && let Some(t) = self.transfer.as_mut().filter(|t| t.verb == "STOU")
+            && let Some(name) = parse_stou_name(&last)
+        {
+            // The fragment to delete if the upload turns out infected.
+            t.name = name.to_string();
+        }
         if code >= 200 {
             if let Some(t) = self.transfer.take() {
                 return self.end_transfer(t, code, lines, cr, sr).await;
@@ -511,16 +519,16 @@ impl Session<'_> {
                 self.record(kind, &object, &threats, &reason, &engine, bytes, trickled);
                 info!(target: "ftp", "client={} {} {} bytes={bytes} verdict=infected:{} trickled={trickled} server-reply={code}", self.peer, t.verb, t.name, threats.join(","));
                 self.to_client(&format!("505 virus found in file: {}", threats.join(", "))).await?;
-                if upload && t.verb != "STOU" {
-                    self.delete_fragment(&t.name, sr).await?;
+                if upload {
+                    self.delete_fragment(&t, trickled, sr).await?;
                 }
             }
             Outcome::Blocked { reason, trickled } => {
                 self.record(kind, &object, &[], &reason, "policy", 0, trickled);
                 info!(target: "ftp", "client={} {} {} blocked: {reason} trickled={trickled}", self.peer, t.verb, t.name);
                 self.to_client(&format!("451 Transfer aborted: {reason}.")).await?;
-                if upload && t.verb != "STOU" {
-                    self.delete_fragment(&t.name, sr).await?;
+                if upload {
+                    self.delete_fragment(&t, trickled, sr).await?;
                 }
             }
             Outcome::Delivered { bytes, verdict, trickled } => {
@@ -567,8 +575,19 @@ impl Session<'_> {
     }
 
     /// DELE the fragment an aborted upload left on the server; the reply
-    /// goes to the log, not to the client.
-    async fn delete_fragment(&mut self, name: &str, sr: &mut Lines) -> Result<(), String> {
+    /// goes to the log, not to the client. APPE is the exception: its file
+    /// held the user's data before, which a DELE would destroy, so only the
+    /// few trickled bytes stay appended (logged).
+    async fn delete_fragment(&mut self, t: &Transfer, trickled: u64, sr: &mut Lines) -> Result<(), String> {
+        let name = t.name.as_str();
+        if t.verb == "APPE" {
+            info!(target: "ftp", "client={} APPE {name}: not deleted (the file existed before); {trickled} bytes were appended before the verdict", self.peer);
+            return Ok(());
+        }
+        if name.is_empty() {
+            warn!(target: "ftp", "client={} {}: the server did not name the stored file; its fragment was not deleted", self.peer, t.verb);
+            return Ok(());
+        }
         self.to_server(&format!("DELE {name}")).await?;
         match sr.reply(Some(self.fx.cfg.data_timeout.0)).await {
             Ok(Some((code, lines))) => {
