@@ -99,10 +99,10 @@ fn infected_download_gets_505_and_only_the_trickle() -> anyhow::Result<()> {
     )?;
     let t = text(&out);
     let lines: Vec<&str> = t.lines().collect();
-    assert!(lines.iter().any(|l| *l == "eicar.com 0 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
+    assert!(lines.contains(&"eicar.com 0 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
     // Two full 4096 KiB windows of 10 MiB: 2 KiB arrive before the verdict,
     // nothing after it.
-    assert!(lines.iter().any(|l| *l == "big-eicar.bin 2048 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
+    assert!(lines.contains(&"big-eicar.bin 2048 505 virus found in file: Test.EICAR.NDB.UNOFFICIAL"), "{t}");
     let recs = env.gw.detections();
     assert!(recs.iter().any(|r| r["kind"] == "ftp-download" && r["delivered_before_verdict"] == 2048), "{recs:#?}");
     Ok(())
@@ -135,11 +135,17 @@ fn infected_upload_gets_505_and_the_fragment_is_deleted() -> anyhow::Result<()> 
     let log = env.gw.log_text();
     assert!(log.contains("DELE of the infected fragment stored-eicar.com: deleted"), "{log}");
     // STOU: the server chose the name (150 FILE: …) and the gateway deleted it.
-    let mut left: Vec<String> =
-        std::fs::read_dir(&env.root)?.map(|d| d.map(|d| d.file_name().to_string_lossy().into_owned())).collect::<Result<_, _>>()?;
+    let mut left: Vec<String> = std::fs::read_dir(&env.root)?
+        .map(|d| d.map(|d| d.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
     left.sort();
     assert_eq!(left, ["appended", "stored-clean"], "{log}");
-    assert!(log.lines().any(|l| l.contains("DELE of the infected fragment") && l.contains(": deleted") && !l.contains("stored-eicar")), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("DELE of the infected fragment")
+            && l.contains(": deleted")
+            && !l.contains("stored-eicar")),
+        "{log}"
+    );
     // The 68-byte EICAR is below one trickle window: nothing was appended.
     assert_eq!(std::fs::read(env.root.join("appended"))?, before, "APPE changed the existing file");
     Ok(())
