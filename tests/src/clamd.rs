@@ -30,7 +30,7 @@ pub fn eicar_zip(dest: &std::path::Path, member: &str) -> anyhow::Result<()> {
         "import zipfile\nz=zipfile.ZipFile({:?},'w',zipfile.ZIP_DEFLATED)\nz.writestr({member:?},bytes.fromhex('{hex}'))\nz.close()",
         dest.display().to_string()
     );
-    let out = Command::new("python3").args(["-c", &py]).output().context("running python3 for the zip")?;
+    let out = Command::new(crate::util::PYTHON).args(["-c", &py]).output().context("running python3 for the zip")?;
     anyhow::ensure!(out.status.success(), "making {}: {}", dest.display(), String::from_utf8_lossy(&out.stderr));
     Ok(())
 }

@@ -5,11 +5,8 @@ use std::{path::Path, time::Duration};
 
 use crate::{
     rig::{Ns, Rig},
-    util::wait_for,
+    util::{PYTHON, wait_for},
 };
-
-/// Debian's python3, whose dist-packages hold pyftpdlib.
-pub const PY: &str = "/usr/bin/python3";
 
 /// Starts the server on port 21 (IPv4 and IPv6), serving `root`.
 pub fn start(rig: &mut Rig, root: &Path) -> anyhow::Result<()> {
@@ -22,7 +19,7 @@ pub fn start(rig: &mut Rig, root: &Path) -> anyhow::Result<()> {
          FTPServer(('::',21),h).serve_forever()\n",
         root.display()
     );
-    let mut cmd = rig.cmd(Ns::Server, PY);
+    let mut cmd = rig.cmd(Ns::Server, PYTHON);
     cmd.args(["-c", &server]);
     let log = rig.dir().join("ftpd.log");
     rig.spawn(cmd, &log)?;

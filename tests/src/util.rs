@@ -11,6 +11,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use sha2::{Digest as _, Sha256};
 
+/// Debian's python3 (the one apt installs pyftpdlib and brotli for), not
+/// whichever `python3` comes first on PATH.
+pub const PYTHON: &str = "/usr/bin/python3";
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;

@@ -12,7 +12,7 @@ use tests::{
     util::{random_file, sha256_file, wait_for},
 };
 
-use tests::ftpd::PY;
+use tests::util::PYTHON as PY;
 
 struct Env {
     rig: Rig,

@@ -24,7 +24,7 @@ struct Env {
 }
 
 const HAND_SERVER: &str = r#"
-import gzip, socket, threading
+import brotli, gzip, socket, threading, zlib
 E = b'X5O!P%@AP[4\\PZX54(P^)7CC)7}$' + b'EICAR-STANDARD-' + b'ANTIVIRUS-TEST-FILE!$H+H*'
 def resp(head, body=b''):
     return head.replace('\n', '\r\n').encode() + b'\r\n' + body
@@ -34,6 +34,11 @@ R = {
  '/gz-eicar': clen('Content-Encoding: gzip\n', gzip.compress(E)),
  '/gz2-eicar': clen('Content-Encoding: gzip, gzip\n', gzip.compress(gzip.compress(E))),
  '/gz-clean': clen('Content-Encoding: gzip\n', gzip.compress(b'just text ' * 1000)),
+ '/br-eicar': clen('Content-Encoding: br\n', brotli.compress(E)),
+ '/gz-br-eicar': clen('Content-Encoding: gzip, br\n', brotli.compress(gzip.compress(E))),
+ '/br-clean': clen('Content-Encoding: br\n', brotli.compress(b'just text ' * 1000)),
+ '/deflate-eicar': clen('Content-Encoding: deflate\n', zlib.compress(E)),
+ '/rawdeflate-eicar': clen('Content-Encoding: deflate\n', zlib.compress(E, wbits=-15)),
  '/bad-gzip': clen('Content-Encoding: gzip\n', b'this is not gzip at all'),
  '/compress': clen('Content-Encoding: compress\n', b'whatever'),
  '/chunked1-eicar': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b''.join(b'1\r\n' + bytes([c]) + b'\r\n' for c in E) + b'0\r\n\r\n'),
@@ -91,7 +96,7 @@ fn setup_with(tag: &str, scan: &str, http: &str, icap: Option<()>) -> anyhow::Re
     big.extend_from_slice(&eicar());
     std::fs::write(nginx.www.join("tail-10m.bin"), &big)?;
     tests::clamd::eicar_zip(&nginx.www.join("eicar.zip"), "a/eicar.com")?;
-    let mut cmd = rig.cmd(Ns::Server, "python3");
+    let mut cmd = rig.cmd(Ns::Server, tests::util::PYTHON);
     cmd.args(["-c", HAND_SERVER]);
     let log = rig.dir().join("hand-server.log");
     rig.spawn(cmd, &log)?;
@@ -150,7 +155,7 @@ impl Env {
             "import socket,sys\ns=socket.create_connection(('{SERVER_V4}',{port}))\ns.settimeout(3)\ns.sendall(bytes.fromhex('{hex}'))\nd=b''\n\
              try:\n    while True:\n        c=s.recv(65536)\n        if not c: break\n        d+=c\nexcept OSError: pass\nsys.stdout.buffer.write(d)\n"
         );
-        let out = self.rig.run(Ns::Client, "python3", &["-c", &py])?;
+        let out = self.rig.run(Ns::Client, tests::util::PYTHON, &["-c", &py])?;
         Ok(out.stdout)
     }
 }
@@ -173,6 +178,9 @@ fn clean_downloads_arrive_identical() -> anyhow::Result<()> {
     let (s, got) = env.get(&format!("http://{SERVER_V4}:8081/gz-clean"), &[])?;
     assert_eq!(s, 200);
     assert_eq!(&std::fs::read(&got)?[..2], &[0x1f, 0x8b], "delivered as the server sent it (gzip)");
+    let (s, got) = env.get(&format!("http://{SERVER_V4}:8081/br-clean"), &[])?;
+    assert_eq!(s, 200, "real brotli data decoded, found clean and passed");
+    assert_ne!(std::fs::read(&got)?, b"just text ".repeat(1000), "delivered as the server sent it (br)");
     let (s, got) = env.get(&format!("http://{SERVER_V4}:8081/close-clean"), &[])?;
     assert_eq!((s, std::fs::read(&got)?), (200, b"clean body until close".to_vec()));
     Ok(())
@@ -187,6 +195,10 @@ fn infected_downloads_are_blocked_in_every_form() -> anyhow::Result<()> {
         format!("http://{SERVER_V4}/tail-10m.bin"),
         format!("http://{SERVER_V4}:8081/gz-eicar"),
         format!("http://{SERVER_V4}:8081/gz2-eicar"),
+        format!("http://{SERVER_V4}:8081/br-eicar"),
+        format!("http://{SERVER_V4}:8081/gz-br-eicar"),
+        format!("http://{SERVER_V4}:8081/deflate-eicar"),
+        format!("http://{SERVER_V4}:8081/rawdeflate-eicar"),
         format!("http://{SERVER_V4}:8081/chunked1-eicar"),
         format!("http://{SERVER_V4}:8081/close-eicar"),
     ] {
@@ -197,7 +209,7 @@ fn infected_downloads_are_blocked_in_every_form() -> anyhow::Result<()> {
         assert!(!page.contains("EICAR-STANDARD-ANTIVIRUS"), "{path}: the payload reached the client");
     }
     let records = env.gw().detections();
-    assert_eq!(records.len(), 7, "{records:#?}");
+    assert_eq!(records.len(), 11, "{records:#?}");
     assert!(
         records
             .iter()
@@ -399,7 +411,7 @@ fn a_slow_request_head_gets_408() -> anyhow::Result<()> {
     let py = format!(
         "import socket,time\ns=socket.create_connection(('{SERVER_V4}',80))\ns.sendall(b'GET / HTTP/1.1\\r\\nHo')\ns.settimeout(10)\nprint(s.recv(200).split(b'\\r\\n')[0].decode())\n"
     );
-    let out = env.rig.run(Ns::Client, "python3", &["-c", &py])?;
+    let out = env.rig.run(Ns::Client, tests::util::PYTHON, &["-c", &py])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "HTTP/1.1 408 Request Timeout", "{}", text(&out));
     Ok(())
 }

@@ -40,7 +40,7 @@ fn setup(tag: &str) -> anyhow::Result<Env> {
         "import gzip\nopen('{f}/eicar.gz','wb').write(gzip.compress(open('{f}/eicar.com','rb').read()))\n",
         f = files.display()
     );
-    let out = std::process::Command::new("python3").args(["-c", &py]).output()?;
+    let out = std::process::Command::new(tests::util::PYTHON).args(["-c", &py]).output()?;
     anyhow::ensure!(out.status.success(), "making eicar.gz: {}", String::from_utf8_lossy(&out.stderr));
     Ok(Env { rig, clamd, icap, files })
 }
@@ -151,7 +151,7 @@ fn fake_icap(rig: &mut Rig, port: u16, reply: Option<&str>) -> anyhow::Result<()
         "import socket,threading,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
          s.bind(('127.0.0.1',{port})); s.listen(64)\ndef h(c):\n{body}\nwhile True:\n    c,_=s.accept(); threading.Thread(target=h,args=(c,),daemon=True).start()\n"
     );
-    let mut cmd = rig.cmd(Ns::Server, "python3");
+    let mut cmd = rig.cmd(Ns::Server, tests::util::PYTHON);
     cmd.args(["-c", &py]);
     let log = rig.dir().join(format!("fake-icap-{port}.log"));
     rig.spawn(cmd, &log)?;

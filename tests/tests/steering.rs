@@ -107,14 +107,14 @@ fn unsteered_port_udp_and_icmp_are_forwarded_untouched() -> anyhow::Result<()> {
 
     // UDP: a real socket server that answers with the address it saw.
     let echo = "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',80))\nwhile True:\n d,a=s.recvfrom(100)\n s.sendto(a[0].encode(),a)\n";
-    let mut cmd = rig.cmd(Ns::Server, "python3");
+    let mut cmd = rig.cmd(Ns::Server, tests::util::PYTHON);
     cmd.args(["-c", echo]);
     let log = rig.dir().join("udp.log");
     rig.spawn(cmd, &log)?;
     let ask = format!(
         "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(1)\nfor i in range(20):\n try:\n  s.sendto(b'x',('{SERVER_V4}',80)); print(s.recv(100).decode()); break\n except OSError: pass\n"
     );
-    let out = rig.run(Ns::Client, "python3", &["-c", &ask])?;
+    let out = rig.run(Ns::Client, tests::util::PYTHON, &["-c", &ask])?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), CLIENT_V4, "UDP to port 80: {}", text(&out));
 
     let out = rig.run(Ns::Client, "ping", &["-c", "2", "-W", "2", SERVER_V4])?;
@@ -286,7 +286,7 @@ for r in range(3):
     .replace("CLIENT", CLIENT_V4)
     .replace("SERVER", SERVER_V4)
     .replace("PORT", &port.to_string());
-    let out = rig.run(Ns::Client, "python3", &["-c", &script])?;
+    let out = rig.run(Ns::Client, tests::util::PYTHON, &["-c", &script])?;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(),
         ["200", "200", "200"],

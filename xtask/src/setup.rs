@@ -18,6 +18,8 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",                  // inspecting programs and maps when debugging
     "util-linux",               // setpriv: the unprivileged-start test
     "python3",                  // the UDP echo peer, archives and fault injectors in tests
+    "python3-pyftpdlib",        // the real FTP server
+    "python3-brotli",           // brotli-encoded test responses
     "clamav-daemon",            // clamd: the real scanner (with the project's test signatures)
     "c-icap",                   // the real ICAP server …
     "libc-icap-mod-virus-scan", // … with its virus_scan module on clamd
