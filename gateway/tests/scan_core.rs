@@ -101,6 +101,36 @@ fn infected_body_is_remembered_by_hash() {
 }
 
 #[test]
+fn clamd_sessions_are_reused_and_survive_a_clamd_restart() {
+    let dir = scratch("restart");
+    let mut clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+    let scanner = Arc::new(Scanner::new(&clamd_config(&clamd, &dir)).unwrap());
+    let rt = runtime();
+    let connections = |clamd: &Clamd| {
+        let out = Command::new("ss").args(["-Hx", "src", &clamd.socket.to_string_lossy()]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("ESTAB")).count()
+    };
+    rt.block_on(async {
+        for _ in 0..20 {
+            let done = scan_in_chunks(&scanner, b"clean text", 4, false).await;
+            assert_eq!(done.outcome.verdict, Verdict::Clean);
+        }
+    });
+    // Twenty sequential scans, one session.
+    assert_eq!(connections(&clamd), 1, "sessions are not reused");
+    // clamd restarts: the pooled session is dead; the next scans must not see it.
+    clamd.stop();
+    let mut clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
+    rt.block_on(async {
+        let done = scan_in_chunks(&scanner, &eicar(), 7, false).await;
+        assert!(done.outcome.verdict.is_infected(), "{:?}", done.outcome.verdict);
+        let done = scan_in_chunks(&scanner, b"clean again", 4, false).await;
+        assert_eq!(done.outcome.verdict, Verdict::Clean);
+    });
+    clamd.stop();
+}
+
+#[test]
 fn dead_clamd_blocks_by_default_and_passes_with_on_error_allow() {
     let dir = scratch("dead");
     let mut clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();

@@ -30,10 +30,10 @@ pub fn cpu_of_cicap() -> f64 {
     let mut total = 0.0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() {
-                if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "c-icap") {
-                    total += cpu_of(pid);
-                }
+            if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>()
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "c-icap")
+            {
+                total += cpu_of(pid);
             }
         }
     }

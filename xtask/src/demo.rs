@@ -134,8 +134,8 @@ pub fn run() -> anyhow::Result<()> {
         } else {
             // The control reply the gateway sent instead of the server's 226.
             let err = String::from_utf8_lossy(&out.stderr).to_string();
-            let reply = err.lines().filter_map(|l| l.strip_prefix("< 5")).last().map(|l| format!("5{l}"));
-            let curl = err.lines().filter(|l| l.starts_with("curl:")).last().unwrap_or("failed").to_string();
+            let reply = err.lines().rev().find_map(|l| l.strip_prefix("< 5")).map(|l| format!("5{l}"));
+            let curl = err.lines().rev().find(|l| l.starts_with("curl:")).unwrap_or("failed").to_string();
             reply.unwrap_or(format!("{curl} (blocked; see the log)"))
         };
         rows.push(Row { what, result, server_saw: "-".into() });

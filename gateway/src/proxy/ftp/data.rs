@@ -158,7 +158,7 @@ pub async fn scanned(
         }
         session.feed(&buf[..n]).await;
         // Every `every` bytes received earn `bytes` of early delivery.
-        let allowed = if trickle.every == 0 { 0 } else { session.bytes() / trickle.every * trickle.bytes };
+        let allowed = session.bytes().checked_div(trickle.every).map_or(0, |w| w * trickle.bytes);
         while sent < allowed {
             let want = ((allowed - sent) as usize).min(buf.len());
             let got = session.read_held(sent, &mut buf[..want]);

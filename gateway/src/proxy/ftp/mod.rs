@@ -260,18 +260,18 @@ pub async fn serve(
             Event::Client(Ok(Some(line))) => s.command(&line).await,
             Event::Client(Ok(None)) => return "client closed".into(),
             Event::Client(Err(LineError::TooLong)) => {
-                let _ = s.to_client("500 Command line too long.").await;
+                let _ = s.tell_client("500 Command line too long.").await;
                 return "client line too long".into();
             }
             Event::Client(Err(LineError::Idle)) => {
-                let _ = s.to_client("421 Idle timeout, closing the control connection.").await;
+                let _ = s.tell_client("421 Idle timeout, closing the control connection.").await;
                 return "idle".into();
             }
             Event::Client(Err(LineError::Io(e))) => return format!("client: {e}"),
             Event::Server(Ok(Some((code, lines)))) => s.reply(code, lines, &mut cr, &mut sr).await,
             Event::Server(Ok(None)) => return "server closed".into(),
             Event::Server(Err(e)) => {
-                let _ = s.to_client("421 The server's control connection failed.").await;
+                let _ = s.tell_client("421 The server's control connection failed.").await;
                 return format!("server: {e:?}");
             }
         };
@@ -296,13 +296,13 @@ enum Flow {
 }
 
 impl Session<'_> {
-    async fn to_client(&mut self, line: &str) -> Result<(), String> {
+    async fn tell_client(&mut self, line: &str) -> Result<(), String> {
         log::debug!(target: "ftp", "client={} < {line}", self.peer);
         self.counts.down.fetch_add(line.len() as u64 + 2, std::sync::atomic::Ordering::Relaxed);
         self.cw.write_all(format!("{line}\r\n").as_bytes()).await.map_err(|e| format!("client: {e}"))
     }
 
-    async fn to_server(&mut self, line: &str) -> Result<(), String> {
+    async fn tell_server(&mut self, line: &str) -> Result<(), String> {
         self.counts.up.fetch_add(line.len() as u64 + 2, std::sync::atomic::Ordering::Relaxed);
         self.sw.write_all(format!("{line}\r\n").as_bytes()).await.map_err(|e| format!("server: {e}"))
     }
@@ -312,21 +312,21 @@ impl Session<'_> {
         let (verb, arg) = split_command(line);
         match verb.as_str() {
             "AUTH" if !self.fx.cfg.allow_ftps => {
-                self.to_client("534 AUTH refused: encrypted FTP cannot be scanned by this gateway.").await?;
+                self.tell_client("534 AUTH refused: encrypted FTP cannot be scanned by this gateway.").await?;
             }
             "AUTH" => {
-                self.to_server(line).await?;
+                self.tell_server(line).await?;
                 return Ok(Flow::Passthrough);
             }
             "PORT" | "EPRT" => {
                 let target = if verb == "PORT" { parse_hostport(arg) } else { parse_eprt(arg) };
                 let Some(target) = target else {
-                    return self.to_client(&format!("501 Syntax error in {verb}.")).await.map(|()| Flow::Go);
+                    return self.tell_client(&format!("501 Syntax error in {verb}.")).await.map(|()| Flow::Go);
                 };
                 if target.ip() != self.peer.ip() {
                     warn!(target: "ftp", "client={} refused {verb} to {target}: not the client's address (FTP bounce)", self.peer);
                     return self
-                        .to_client(&format!("504 {verb} refused: the address is not the client's (FTP bounce)."))
+                        .tell_client(&format!("504 {verb} refused: the address is not the client's (FTP bounce)."))
                         .await
                         .map(|()| Flow::Go);
                 }
@@ -338,18 +338,18 @@ impl Session<'_> {
                     _ => format!("EPRT {}", format_eprt(ours)),
                 };
                 self.plan = Some(Plan::Active { listener, client: target });
-                self.to_server(&rewritten).await?;
+                self.tell_server(&rewritten).await?;
             }
             "PASV" | "EPSV" => {
                 self.plan = None;
                 self.pending_passive = true;
-                self.to_server(line).await?;
+                self.tell_server(line).await?;
             }
             "REST" if !self.fx.cfg.allow_resume => {
-                self.to_client("504 REST (resume) is disabled by policy.").await?;
+                self.tell_client("504 REST (resume) is disabled by policy.").await?;
             }
             "RETR" | "STOR" | "STOU" | "APPE" | "LIST" | "NLST" | "MLSD" => {
-                self.to_server(line).await?;
+                self.tell_server(line).await?;
                 self.start_transfer(&verb, arg);
             }
             "ABOR" => {
@@ -358,9 +358,9 @@ impl Session<'_> {
                     info!(target: "ftp", "client={} {} {} aborted by the client", self.peer, t.verb, t.name);
                 }
                 self.plan = None;
-                self.to_server(line).await?;
+                self.tell_server(line).await?;
             }
-            _ => self.to_server(line).await?,
+            _ => self.tell_server(line).await?,
         }
         Ok(Flow::Go)
     }
@@ -436,13 +436,16 @@ impl Session<'_> {
                         Ok((expected, rx)) => self.plan = Some(Plan::Passive { expected, rx, server }),
                         Err(e) => {
                             warn!(target: "ftp", "client={} cannot steer the data connection to {server}: {e}", self.peer);
-                            return self.to_client("425 Cannot arrange the data connection.").await.map(|()| Flow::Go);
+                            return self
+                                .tell_client("425 Cannot arrange the data connection.")
+                                .await
+                                .map(|()| Flow::Go);
                         }
                     }
                 }
                 None => {
                     return self
-                        .to_client("425 The server's passive-mode reply was not understood.")
+                        .tell_client("425 The server's passive-mode reply was not understood.")
                         .await
                         .map(|()| Flow::Go);
                 }
@@ -457,13 +460,13 @@ impl Session<'_> {
             // The fragment to delete if the upload turns out infected.
             t.name = name.to_string();
         }
-        if code >= 200 {
-            if let Some(t) = self.transfer.take() {
-                return self.end_transfer(t, code, lines, cr, sr).await;
-            }
+        if code >= 200
+            && let Some(t) = self.transfer.take()
+        {
+            return self.end_transfer(t, code, lines, cr, sr).await;
         }
         for l in lines {
-            self.to_client(&l).await?;
+            self.tell_client(&l).await?;
         }
         Ok(Flow::Go)
     }
@@ -493,8 +496,8 @@ impl Session<'_> {
                         Ok(Some(line)) if split_command(&line).0 == "ABOR" => {
                             t.handle.abort();
                             info!(target: "ftp", "client={} {} {} aborted by the client before the verdict", self.peer, t.verb, t.name);
-                            self.to_client("426 Transfer aborted; the data connection was closed.").await?;
-                            self.to_client("226 ABOR command successful.").await?;
+                            self.tell_client("426 Transfer aborted; the data connection was closed.").await?;
+                            self.tell_client("226 ABOR command successful.").await?;
                             return Ok(Flow::Go);
                         }
                         Ok(Some(line)) => self.deferred.push(line),
@@ -518,7 +521,7 @@ impl Session<'_> {
                 let reason = format!("infected: {}", threats.join(", "));
                 self.record(kind, &object, &threats, &reason, &engine, bytes, trickled);
                 info!(target: "ftp", "client={} {} {} bytes={bytes} verdict=infected:{} trickled={trickled} server-reply={code}", self.peer, t.verb, t.name, threats.join(","));
-                self.to_client(&format!("505 virus found in file: {}", threats.join(", "))).await?;
+                self.tell_client(&format!("505 virus found in file: {}", threats.join(", "))).await?;
                 if upload {
                     self.delete_fragment(&t, trickled, sr).await?;
                 }
@@ -526,7 +529,7 @@ impl Session<'_> {
             Outcome::Blocked { reason, trickled } => {
                 self.record(kind, &object, &[], &reason, "policy", 0, trickled);
                 info!(target: "ftp", "client={} {} {} blocked: {reason} trickled={trickled}", self.peer, t.verb, t.name);
-                self.to_client(&format!("451 Transfer aborted: {reason}.")).await?;
+                self.tell_client(&format!("451 Transfer aborted: {reason}.")).await?;
                 if upload {
                     self.delete_fragment(&t, trickled, sr).await?;
                 }
@@ -534,13 +537,13 @@ impl Session<'_> {
             Outcome::Delivered { bytes, verdict, trickled } => {
                 info!(target: "ftp", "client={} {} {} bytes={bytes} verdict={verdict} trickled={trickled} server-reply={code}", self.peer, t.verb, t.name);
                 for l in lines {
-                    self.to_client(&l).await?;
+                    self.tell_client(&l).await?;
                 }
             }
             Outcome::Failed(why) => {
                 info!(target: "ftp", "client={} {} {} data connection: {why}; server-reply={code}", self.peer, t.verb, t.name);
                 for l in lines {
-                    self.to_client(&l).await?;
+                    self.tell_client(&l).await?;
                 }
             }
         }
@@ -588,7 +591,7 @@ impl Session<'_> {
             warn!(target: "ftp", "client={} {}: the server did not name the stored file; its fragment was not deleted", self.peer, t.verb);
             return Ok(());
         }
-        self.to_server(&format!("DELE {name}")).await?;
+        self.tell_server(&format!("DELE {name}")).await?;
         match sr.reply(Some(self.fx.cfg.data_timeout.0)).await {
             Ok(Some((code, lines))) => {
                 let ok = (200..300).contains(&code);

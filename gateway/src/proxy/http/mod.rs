@@ -173,7 +173,7 @@ impl Flow<'_> {
                 }
             }
             let done = session.finish().await;
-            let scan_ms = Some(done.outcome.after_last_byte.as_secs_f64() * 1e3);
+            let scan_ms = done.outcome.after_last_byte.as_secs_f64() * 1e3;
             match self.hx.scanner.policy.decide(&done.outcome.verdict) {
                 Decision::Block(reason) => {
                     let status = self.block(&id, "http-upload", &url, &reason, &done.outcome, client_keep).await?;
@@ -185,7 +185,7 @@ impl Flow<'_> {
                             status,
                             bytes: done.outcome.bytes,
                             verdict: verdict_name(&done.outcome.verdict),
-                            scan_ms,
+                            scan_ms: Some(scan_ms),
                         },
                     );
                     // The body was read whole, so the connection can go on.
@@ -199,7 +199,7 @@ impl Flow<'_> {
                     req.set("Content-Length", held.len().to_string());
                     self.send_upstream(&req.request_bytes()).await?;
                     self.deliver_upstream(&mut held).await?;
-                    upload_verdict = Some((verdict_name(&done.outcome.verdict), held.len(), scan_ms.unwrap_or(0.0)));
+                    upload_verdict = Some((verdict_name(&done.outcome.verdict), held.len(), scan_ms));
                 }
             }
         } else {
@@ -370,10 +370,10 @@ impl Flow<'_> {
                 None => self.trickle_step(trickle.as_mut(), &res, res_framing, req.minor).await?,
             }
         };
-        if let Some(why) = undecodable {
-            if !done.outcome.verdict.is_infected() {
-                done.outcome.verdict = Verdict::error(ErrorKind::Protocol, format!("undecodable: {why}"));
-            }
+        if let Some(why) = undecodable
+            && !done.outcome.verdict.is_infected()
+        {
+            done.outcome.verdict = Verdict::error(ErrorKind::Protocol, format!("undecodable: {why}"));
         }
         let scan_ms = Some(done.outcome.after_last_byte.as_secs_f64() * 1e3);
         let decision = match (&done.outcome.verdict, self.hx.cfg.undecodable) {
