@@ -251,11 +251,11 @@ impl Session {
     /// Holds bytes for delivery without scanning them (the encoded form of
     /// a body whose decoded form goes to [`Session::scan`]).
     pub fn hold(&mut self, chunk: &[u8]) {
-        if let Some(spool) = self.spool.as_mut() {
-            if let Err(e) = spool.write(chunk) {
-                self.spool_error = Some(e.to_string());
-                self.spool = None;
-            }
+        if let Some(spool) = self.spool.as_mut()
+            && let Err(e) = spool.write(chunk)
+        {
+            self.spool_error = Some(e.to_string());
+            self.spool = None;
         }
     }
 
@@ -272,12 +272,12 @@ impl Session {
             self.tx = None;
             self.task.abort();
         }
-        if let Some(tx) = &self.tx {
-            if tx.send(chunk).await.is_err() {
-                // The backend already decided (ICAP 204 in the preview, or
-                // an error); the verdict is waiting in the task.
-                self.tx = None;
-            }
+        if let Some(tx) = &self.tx
+            && tx.send(chunk).await.is_err()
+        {
+            // The backend already decided (ICAP 204 in the preview, or
+            // an error); the verdict is waiting in the task.
+            self.tx = None;
         }
     }
 
@@ -304,10 +304,10 @@ impl Session {
                 Err(e) => (Verdict::error(ErrorKind::Io, format!("scan task failed: {e}")), false),
             }
         };
-        if let Some(e) = self.spool_error.take() {
-            if !verdict.is_infected() {
-                verdict = Verdict::error(ErrorKind::Spool, e);
-            }
+        if let Some(e) = self.spool_error.take()
+            && !verdict.is_infected()
+        {
+            verdict = Verdict::error(ErrorKind::Spool, e);
         }
         if !cached {
             self.scanner.cache.remember(sha256, None, &verdict);

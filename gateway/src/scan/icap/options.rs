@@ -62,10 +62,10 @@ impl ServiceOptions {
     /// none for Transfer-Complete extensions.
     pub fn preview_for(&self, name: &str) -> Option<usize> {
         let ext = name.rsplit('/').next().and_then(|f| f.rsplit_once('.')).map(|(_, e)| e.to_ascii_lowercase());
-        if let Some(ext) = ext {
-            if self.transfer_complete.iter().any(|e| *e == ext) {
-                return None;
-            }
+        if let Some(ext) = ext
+            && self.transfer_complete.contains(&ext)
+        {
+            return None;
         }
         self.preview
     }
