@@ -156,47 +156,73 @@ pub fn http(seconds: u32, squid: bool) -> anyhow::Result<()> {
 }
 
 fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<Figures> {
-    let root = Path::new(TRIXIE);
-    ensure!(
-        root.join("usr/sbin/squid").symlink_metadata().is_ok(),
-        "no Squid in {TRIXIE}: run `cargo xtask bench http --squid` with network to Debian's mirror"
-    );
-    let _mounts = ChrootMounts::new(root)?;
-    let icap = CIcap::start(rig, Ns::Gateway, 1344, &clamd.socket)?;
-    let conf = format!(
-        "visible_hostname gwbench\nhttp_port 3128\nhttp_port 3129 intercept\ncache deny all\naccess_log none\ncache_log /var/log/squid/bench-cache.log\n\
-         pid_filename /run/squid-bench.pid\nhttp_access allow all\nicap_enable on\n\
-         icap_service av respmod_precache bypass=0 {}\nadaptation_access av allow all\nshutdown_lifetime 1 seconds\n",
-        icap.url
-    );
-    std::fs::write(root.join("etc/squid/bench.conf"), conf)?;
-    let mut cmd = rig.cmd(Ns::Gateway, "chroot");
-    cmd.arg(root).args(["squid", "-N", "-f", "/etc/squid/bench.conf"]);
-    let log = rig.dir().join("squid.log");
-    rig.spawn(cmd, &log)?;
-    wait_for("squid to listen", Duration::from_secs(30), || {
-        let out = rig.run(Ns::Gateway, "ss", &["-Hltn", "sport = :3129"]).ok()?;
-        (!out.stdout.is_empty()).then_some(())
-    })
-    .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-    let nft = format!(
-        "table ip gwbench {{ chain pre {{ type nat hook prerouting priority dstnat; iifname \"{CLIENT_IFACE}\" tcp dport 80 redirect to :3129; }}; }}"
-    );
-    let out = rig.cmd(Ns::Gateway, "nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(
-        |mut c| {
-            use std::io::Write as _;
-            c.stdin.take().map(|mut s| s.write_all(nft.as_bytes()));
-            c.wait_with_output()
-        },
-    )?;
-    ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
-    let squid_pids = || -> Vec<u32> {
+    let squid = Squid::start(rig, clamd, "http_port 3129 intercept", &format!("tcp dport 80 redirect to :3129"))?;
+    measure(rig, seconds, &[("squid", squid.pid)], true, clamd.pid())
+}
+
+/// Debian 13's Squid in the gateway namespace with c-icap (`virus_scan` on
+/// `clamd`) for RESPMOD and REQMOD, intercepting what `nft_rule` redirects
+/// from the client-facing interface.
+pub struct Squid {
+    /// The main Squid process.
+    pub pid: Option<u32>,
+    /// Squid's cache.log.
+    pub log: std::path::PathBuf,
+    _icap: CIcap,
+    _mounts: ChrootMounts,
+}
+
+impl Squid {
+    /// Starts Squid with `ports` (its `http_port`/`ftp_port` lines) and the
+    /// nft rule; everything goes with the rig and when dropped.
+    pub fn start(rig: &mut Rig, clamd: &Clamd, ports: &str, nft_rule: &str) -> anyhow::Result<Squid> {
+        let root = Path::new(TRIXIE);
+        ensure!(
+            root.join("usr/sbin/squid").symlink_metadata().is_ok(),
+            "no Squid in {TRIXIE}: run the benchmark with --squid and network to Debian's mirror"
+        );
+        let mounts = ChrootMounts::new(root)?;
+        let icap = CIcap::start(rig, Ns::Gateway, 1344, &clamd.socket)?;
+        let conf = format!(
+            "visible_hostname gwbench\nhttp_port 3128\n{ports}\ncache deny all\naccess_log none\n\
+             cache_log /var/log/squid/bench-cache.log\npid_filename /run/squid-bench.pid\nhttp_access allow all\n\
+             ftp_client_idle_timeout 60 seconds\nicap_enable on\n\
+             icap_service av respmod_precache bypass=0 {url}\nadaptation_access av allow all\n\
+             icap_service avreq reqmod_precache bypass=0 {url}\nadaptation_access avreq allow all\n\
+             shutdown_lifetime 1 seconds\n",
+            url = icap.url
+        );
+        std::fs::write(root.join("etc/squid/bench.conf"), conf)?;
+        let _ = std::fs::remove_file(root.join("var/log/squid/bench-cache.log"));
+        let mut cmd = rig.cmd(Ns::Gateway, "chroot");
+        cmd.arg(root).args(["squid", "-N", "-f", "/etc/squid/bench.conf"]);
+        let log = rig.dir().join("squid.log");
+        rig.spawn(cmd, &log)?;
+        let port = ports.split_whitespace().nth(1).unwrap_or("3129").to_string();
+        wait_for("squid to listen", Duration::from_secs(30), || {
+            let out = rig.run(Ns::Gateway, "ss", &["-Hltn", &format!("sport = :{port}")]).ok()?;
+            (!out.stdout.is_empty()).then_some(())
+        })
+        .with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
+        let nft = format!(
+            "table ip gwbench {{ chain pre {{ type nat hook prerouting priority dstnat; iifname \"{CLIENT_IFACE}\" {nft_rule}; }}; }}"
+        );
+        let out = rig.cmd(Ns::Gateway, "nft").args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().and_then(
+            |mut c| {
+                use std::io::Write as _;
+                c.stdin.take().map(|mut s| s.write_all(nft.as_bytes()));
+                c.wait_with_output()
+            },
+        )?;
+        ensure!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
         let out = Command::new("pgrep").args(["-x", "squid"]).output().ok();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.parse().ok()).collect())
+        let pid = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.parse().ok()).collect::<Vec<u32>>())
             .unwrap_or_default()
-    };
-    let pid = squid_pids().into_iter().max();
-    measure(rig, seconds, &[("squid", pid)], true, clamd.pid())
+            .into_iter()
+            .max();
+        Ok(Squid { pid, log: root.join("var/log/squid/bench-cache.log"), _icap: icap, _mounts: mounts })
+    }
 }
 
 /// /proc and a writable /dev/shm inside the Debian 13 folder for Squid's

@@ -39,7 +39,8 @@ enum Command {
     Bench {
         /// What to measure: `relay` (steering + relay vs direct forwarding),
         /// `scan` (the scanning core vs clamd's own rate and c-icap-client),
-        /// `http` (vs direct and Squid + c-icap) or `ftp` (vs direct and clamd).
+        /// `http` (vs direct and Squid + c-icap) or `ftp` (vs direct, clamd,
+        /// and with `--squid` Squid's FTP relay + c-icap).
         #[arg(value_parser = ["relay", "scan", "http", "ftp"])]
         what: String,
         /// Transfer size in MiB for the bulk figures.
@@ -48,7 +49,7 @@ enum Command {
         /// Seconds per request-rate run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
-        /// `http`: also measure Squid 6.13 + c-icap (debootstraps Debian 13
+        /// `http`, `ftp`: also measure Squid 6.13 + c-icap (debootstraps Debian 13
         /// into /var/cache/gateway-bench/trixie once, a few minutes).
         #[arg(long)]
         squid: bool,
@@ -82,7 +83,12 @@ fn main() -> anyhow::Result<()> {
             match what.as_str() {
                 "relay" => bench::relay(mib, seconds),
                 "scan" => bench_scan::scan(),
-                "ftp" => bench_ftp::ftp(mib),
+                "ftp" => {
+                    if squid {
+                        setup::squid_chroot()?;
+                    }
+                    bench_ftp::ftp(mib, squid)
+                }
                 "http" => {
                     if squid {
                         setup::squid_chroot()?;
