@@ -156,7 +156,7 @@ pub fn http(seconds: u32, squid: bool) -> anyhow::Result<()> {
 }
 
 fn squid_figures(rig: &mut Rig, seconds: u32, clamd: &Clamd) -> anyhow::Result<Figures> {
-    let squid = Squid::start(rig, clamd, "http_port 3129 intercept", &format!("tcp dport 80 redirect to :3129"))?;
+    let squid = Squid::start(rig, clamd, "http_port 3129 intercept", "tcp dport 80 redirect to :3129")?;
     measure(rig, seconds, &[("squid", squid.pid)], true, clamd.pid())
 }
 
