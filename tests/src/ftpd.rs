@@ -8,8 +8,9 @@ use crate::{
     util::{PYTHON, wait_for},
 };
 
-/// Starts the server on port 21 (IPv4 and IPv6), serving `root`.
-pub fn start(rig: &mut Rig, root: &Path) -> anyhow::Result<()> {
+/// Starts the server on port 21 (IPv4 and IPv6), serving `root`; returns
+/// its process id.
+pub fn start(rig: &mut Rig, root: &Path) -> anyhow::Result<u32> {
     std::fs::create_dir_all(root)?;
     let server = format!(
         "from pyftpdlib.authorizers import DummyAuthorizer\nfrom pyftpdlib.handlers import FTPHandler\n\
@@ -22,9 +23,10 @@ pub fn start(rig: &mut Rig, root: &Path) -> anyhow::Result<()> {
     let mut cmd = rig.cmd(Ns::Server, PYTHON);
     cmd.args(["-c", &server]);
     let log = rig.dir().join("ftpd.log");
-    rig.spawn(cmd, &log)?;
+    let pid = rig.spawn(cmd, &log)?;
     wait_for("pyftpdlib to listen", Duration::from_secs(10), || {
         let out = rig.run(Ns::Server, "ss", &["-Hltn", "sport = :21"]).ok()?;
         (!out.stdout.is_empty()).then_some(())
-    })
+    })?;
+    Ok(pid)
 }

@@ -141,6 +141,26 @@ impl Gateway {
         std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
+    /// Spool files the gateway holds open (O_TMPFILE files in the rig's
+    /// spool directory show in /proc as `…/spool/#N (deleted)`).
+    pub fn open_spool_files(&self) -> usize {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid)) else { return 0 };
+        fds.flatten()
+            .filter(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("/spool/")))
+            .count()
+    }
+
+    /// The gateway's TCP sockets in any state but LISTEN (`ss` lines).
+    pub fn tcp_connections(&self) -> anyhow::Result<Vec<String>> {
+        let out = Command::new("ip").args(["netns", "exec", &self.netns, "ss", "-Htanp"]).output()?;
+        let me = format!("pid={},", self.pid);
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&me) && !l.starts_with("LISTEN"))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Everything the gateway logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

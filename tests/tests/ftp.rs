@@ -17,6 +17,7 @@ use tests::util::PYTHON as PY;
 struct Env {
     rig: Rig,
     root: PathBuf,
+    ftpd: u32,
     clamd: Clamd,
     gw: Gateway,
 }
@@ -28,11 +29,11 @@ fn setup(tag: &str) -> anyhow::Result<Env> {
 fn setup_with(tag: &str, ftp: &str) -> anyhow::Result<Env> {
     let mut rig = Rig::new(tag)?;
     let root = rig.dir().join("ftproot");
-    tests::ftpd::start(&mut rig, &root)?;
+    let ftpd = tests::ftpd::start(&mut rig, &root)?;
     let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
     let scan = format!("clamd = \"{}\"", clamd.addr());
     let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ftp, ..Settings::default() })?;
-    Ok(Env { rig, root, clamd, gw })
+    Ok(Env { rig, root, ftpd, clamd, gw })
 }
 
 use tests::util::output_text as text;
@@ -282,5 +283,46 @@ fn overlong_lines_and_idle_control_connections_are_closed_with_a_reply() -> anyh
     let t = text(&out);
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines, ["500 Command line too long.", "421 Idle timeout, closing the control connection."], "{t}");
+    Ok(())
+}
+
+#[test]
+fn a_vanishing_server_gets_the_client_a_421_and_leaves_nothing_behind() -> anyhow::Result<()> {
+    let env = setup("fsgone")?;
+    random_file(&env.root.join("big"), 100 << 20, 14)?;
+    let out = env.ftplib(
+        SERVER_V4,
+        &format!(
+            "import os\nf.voidcmd('TYPE I')\nc=f.transfercmd('RETR big')\nc.recv(10)\nos.kill({}, 9)\n\
+             try:\n    print('reply', f.voidresp())\nexcept ftplib.all_errors as e:\n    print('reply', str(e))",
+            env.ftpd
+        ),
+    )?;
+    let t = text(&out);
+    assert!(t.contains("reply 421 The server closed the control connection."), "{t}");
+    wait_for("the gateway to let go of the session", Duration::from_secs(30), || {
+        let tcp = env.gw.tcp_connections().ok()?;
+        (env.gw.open_spool_files() == 0 && tcp.is_empty() && env.gw.counter("/expectations").ok()? == 0).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw.tcp_connections(), env.gw.open_spool_files()))?;
+    Ok(())
+}
+
+#[test]
+fn a_vanishing_client_leaves_nothing_behind() -> anyhow::Result<()> {
+    let env = setup("fgone")?;
+    random_file(&env.root.join("big"), 100 << 20, 13)?;
+    // The client process dies mid-download, control and data connections with it.
+    let out =
+        env.ftplib(SERVER_V4, "import os\nf.voidcmd('TYPE I')\nc=f.transfercmd('RETR big')\nc.recv(10)\nos._exit(0)")?;
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the gateway to let go of the session", Duration::from_secs(30), || {
+        let tcp = env.gw.tcp_connections().ok()?;
+        (env.gw.open_spool_files() == 0 && tcp.is_empty() && env.gw.counter("/expectations").ok()? == 0).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw.tcp_connections(), env.gw.open_spool_files()))?;
+    // A new session works.
+    let out = env.ftplib(SERVER_V4, "print(f.nlst())\nf.quit()")?;
+    assert!(text(&out).contains("big"), "{}", text(&out));
     Ok(())
 }

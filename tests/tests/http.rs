@@ -44,6 +44,7 @@ R = {
  '/chunked1-eicar': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b''.join(b'1\r\n' + bytes([c]) + b'\r\n' for c in E) + b'0\r\n\r\n'),
  '/close-eicar': resp('HTTP/1.0 200 OK\n', E),
  '/close-clean': resp('HTTP/1.0 200 OK\n', b'clean body until close'),
+ '/close-cut': resp('HTTP/1.1 200 OK\nContent-Length: 100000\n', b'only this much'),
  '/204': resp('HTTP/1.1 204 No Content\n'),
  '/304': resp('HTTP/1.1 304 Not Modified\nETag: "x"\n'),
  '/te-cl': resp('HTTP/1.1 200 OK\nContent-Length: 5\nTransfer-Encoding: chunked\n', b'5\r\nhello\r\n0\r\n\r\n'),
@@ -448,5 +449,46 @@ fn trickling_keeps_clients_waiting_and_resets_when_infected() -> anyhow::Result<
         got.len()
     );
     assert!(env.gw().log_text().lines().any(|l| l.contains("/bad40m") && l.contains("partially delivered")));
+    Ok(())
+}
+
+#[test]
+fn vanishing_clients_and_servers_leave_nothing_behind() -> anyhow::Result<()> {
+    let env = setup("hgone", "")?;
+    random_file(&env.nginx.www.join("100m"), 100 << 20, 21)?;
+    // A download whose client gives up while the gateway still scans …
+    let out = env.rig.curl(&["-sS", "-m", "0.5", "-o", "/dev/null", &format!("http://{SERVER_V4}/100m")])?;
+    assert!(!out.status.success(), "the client was meant to give up: {}", text(&out));
+    // … and an upload cut off after 1 MiB of a declared 10 MiB.
+    let py = format!(
+        "import socket\ns=socket.create_connection(('{SERVER_V4}',80))\n\
+         s.sendall(b'POST /upload/cut HTTP/1.1\\r\\nHost: s\\r\\nContent-Length: 10485760\\r\\n\\r\\n'+b'x'*(1<<20))\n\
+         s.close()\n"
+    );
+    let out = env.rig.run(Ns::Client, tests::util::PYTHON, &["-c", &py])?;
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the gateway to let go of both flows", Duration::from_secs(30), || {
+        let tcp = env.gw().tcp_connections().ok()?;
+        (env.gw().open_spool_files() == 0 && tcp.is_empty()).then_some(())
+    })
+    .map_err(|e| {
+        anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw().tcp_connections(), env.gw().open_spool_files())
+    })?;
+    assert!(env.nginx.log_lines().iter().all(|l| !l.contains("/upload/cut")), "the server saw the cut-off upload");
+    let log = env.gw().log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("http]") && l.contains("url=http://198.19.0.2/100m") && l.contains("not delivered")),
+        "no request line for the abandoned download: {log}"
+    );
+    assert!(log.lines().any(|l| l.contains("body cut short after 1048576 bytes")), "{log}");
+    // A server that dies mid-body: 502, never a short body passed as whole.
+    let (status, got) = env.get(&format!("http://{SERVER_V4}:8081/close-cut"), &[])?;
+    let page = std::fs::read_to_string(&got)?;
+    assert_eq!(status, 502, "{page}");
+    assert!(!page.contains("only this much"), "{page}");
+    // And it still serves.
+    let (status, _) = env.get(&format!("http://{SERVER_V4}/eicar.com"), &[])?;
+    assert_eq!(status, 403);
     Ok(())
 }

@@ -187,6 +187,14 @@ struct Transfer {
     name: String,
 }
 
+impl Drop for Transfer {
+    /// A session that ends (client gone, server gone, error) takes its
+    /// transfer with it: sockets, spool file and expectation entry.
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
 struct Session<'a> {
     fx: &'a FtpContext,
     peer: SocketAddr,
@@ -269,7 +277,10 @@ pub async fn serve(
             }
             Event::Client(Err(LineError::Io(e))) => return format!("client: {e}"),
             Event::Server(Ok(Some((code, lines)))) => s.reply(code, lines, &mut cr, &mut sr).await,
-            Event::Server(Ok(None)) => return "server closed".into(),
+            Event::Server(Ok(None)) => {
+                let _ = s.tell_client("421 The server closed the control connection.").await;
+                return "server closed".into();
+            }
             Event::Server(Err(e)) => {
                 let _ = s.tell_client("421 The server's control connection failed.").await;
                 return format!("server: {e:?}");

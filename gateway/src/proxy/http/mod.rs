@@ -418,28 +418,32 @@ impl Flow<'_> {
                 if let Some((_, sent)) = trickled {
                     verdict.push_str(&format!(" (trickled {sent} bytes before the verdict)"));
                 }
-                let log = Logged { id, status: res.status, bytes: held.len(), verdict, scan_ms };
-                if let Some((mode, from)) = trickled {
-                    self.finish_trickle(&mut held, mode, from).await?;
-                    self.log(&req, &url, log);
-                    return Ok(client_alive && mode != Some(TrickleMode::Close));
-                }
-                res.remove("transfer-encoding");
-                res.set("Content-Length", held.len().to_string());
-                let mut head = res.response_bytes();
-                match held.memory() {
-                    // Small bodies leave in the same segment as their head.
-                    Some(mem) if mem.len() <= 64 * 1024 => {
-                        head.extend_from_slice(mem);
-                        self.write_client(&head).await?;
-                    }
-                    _ => {
-                        self.write_client(&head).await?;
-                        self.deliver_client(&mut held, 0).await?;
-                    }
+                let mut log = Logged { id, status: res.status, bytes: held.len(), verdict, scan_ms };
+                let (delivered, keep) = if let Some((mode, from)) = trickled {
+                    (self.finish_trickle(&mut held, mode, from).await, client_alive && mode != Some(TrickleMode::Close))
+                } else {
+                    res.remove("transfer-encoding");
+                    res.set("Content-Length", held.len().to_string());
+                    let mut head = res.response_bytes();
+                    let delivered = match held.memory() {
+                        // Small bodies leave in the same segment as their head.
+                        Some(mem) if mem.len() <= 64 * 1024 => {
+                            head.extend_from_slice(mem);
+                            self.write_client(&head).await
+                        }
+                        _ => match self.write_client(&head).await {
+                            Ok(()) => self.deliver_client(&mut held, 0).await,
+                            Err(e) => Err(e),
+                        },
+                    };
+                    (delivered, client_alive)
+                };
+                // A client that left during delivery still gets its request line.
+                if let Err(e) = &delivered {
+                    log.verdict.push_str(&format!(" (not delivered: {e})"));
                 }
                 self.log(&req, &url, log);
-                Ok(client_alive)
+                delivered.map(|()| keep)
             }
         }
     }
