@@ -56,6 +56,11 @@ pub struct BodyReader {
 
 /// Longest chunk-size or trailer line accepted.
 const MAX_LINE: usize = 8192;
+/// Largest body piece read at once.
+const PIECE: u64 = 128 * 1024;
+/// Body data at least this long is read into pieces of its own (no copy
+/// through the connection's buffer).
+const DIRECT_MIN: u64 = 16 * 1024;
 
 impl BodyReader {
     /// A reader for a body framed by `framing`.
@@ -81,12 +86,17 @@ impl BodyReader {
                     return Ok(Some(piece));
                 }
                 State::Close => {
-                    if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
+                    let piece = if conn.buffered().is_empty() {
+                        conn.read_piece(PIECE as usize, self.idle).await?
+                    } else {
+                        let piece = conn.buffered().to_vec();
+                        conn.consume(piece.len());
+                        piece
+                    };
+                    if piece.is_empty() {
                         self.state = State::Done;
                         return Ok(None);
                     }
-                    let piece = conn.buffered().to_vec();
-                    conn.consume(piece.len());
                     self.read += piece.len() as u64;
                     return Ok(Some(piece));
                 }
@@ -127,6 +137,14 @@ impl BodyReader {
     /// Up to `left` bytes of a body whose end is known; the peer closing
     /// first is a short body.
     async fn take(&mut self, conn: &mut Conn, left: u64) -> Result<Vec<u8>, BodyError> {
+        if conn.buffered().is_empty() && left >= DIRECT_MIN {
+            let piece = conn.read_piece(left.min(PIECE) as usize, self.idle).await?;
+            if piece.is_empty() {
+                return Err(BodyError::Short(self.read));
+            }
+            self.read += piece.len() as u64;
+            return Ok(piece);
+        }
         if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
             return Err(BodyError::Short(self.read));
         }

@@ -80,6 +80,25 @@ impl Conn {
         }
     }
 
+    /// Reads up to `max` bytes straight into a buffer of their own; only
+    /// when nothing is buffered. Large bodies then cross user space once
+    /// instead of twice (socket → this buffer → piece).
+    pub async fn read_piece(&mut self, max: usize, wait: Duration) -> Result<Vec<u8>, ReadError> {
+        debug_assert!(self.buffered().is_empty());
+        let mut piece = Vec::with_capacity(max);
+        match timeout(wait, self.stream.read_buf(&mut piece)).await {
+            Ok(Ok(n)) => {
+                // Keep queued pieces near their size: they wait for the scanner.
+                if n < max / 2 {
+                    piece.shrink_to_fit();
+                }
+                Ok(piece)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ReadError::Timeout),
+        }
+    }
+
     /// Reads one head. `Ok(None)`: the peer closed cleanly before sending
     /// anything (end of a keep-alive connection).
     pub async fn read_head(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<u8>>, ReadError> {
