@@ -229,9 +229,11 @@ fn abort_mid_transfer_leaves_nothing_behind() -> anyhow::Result<()> {
         out.status.success() && t.lines().count() == 2 && t.starts_with("426"),
         "control connection still usable: {t}"
     );
-    wait_for("the expectation to go", Duration::from_secs(10), || {
-        (env.gw.counter("/expectations").ok()? == 0).then_some(())
-    })?;
+    wait_for("the expectation, sockets and spool file to go", Duration::from_secs(10), || {
+        let tcp = env.gw.tcp_connections().ok()?;
+        (env.gw.counter("/expectations").ok()? == 0 && tcp.is_empty() && env.gw.open_spool_files() == 0).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw.tcp_connections(), env.gw.open_spool_files()))?;
     Ok(())
 }
 
