@@ -46,6 +46,19 @@ impl Env {
         self.rig.run(Ns::Client, PY, &["-c", &script])
     }
 
+    /// Waits until the gateway holds no TCP connection, spool file or
+    /// expectation entry: what every ended session must leave.
+    fn nothing_left(&self) -> anyhow::Result<()> {
+        wait_for("the gateway to let go of every session", Duration::from_secs(30), || {
+            let tcp = self.gw.tcp_connections().ok()?;
+            (tcp.is_empty() && self.gw.open_spool_files() == 0 && self.gw.counter("/expectations").ok()? == 0)
+                .then_some(())
+        })
+        .map_err(|e| {
+            anyhow::anyhow!("{e}: {:?}, spool files {}", self.gw.tcp_connections(), self.gw.open_spool_files())
+        })
+    }
+
     fn curl(&self, url: &str, dest: &str, active: bool) -> anyhow::Result<Output> {
         let d = self.rig.dir().join(dest).to_string_lossy().to_string();
         let mut args = vec!["-sS", "-m", "120", "-o", &d];
@@ -229,11 +242,7 @@ fn abort_mid_transfer_leaves_nothing_behind() -> anyhow::Result<()> {
         out.status.success() && t.lines().count() == 2 && t.starts_with("426"),
         "control connection still usable: {t}"
     );
-    wait_for("the expectation, sockets and spool file to go", Duration::from_secs(10), || {
-        let tcp = env.gw.tcp_connections().ok()?;
-        (env.gw.counter("/expectations").ok()? == 0 && tcp.is_empty() && env.gw.open_spool_files() == 0).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw.tcp_connections(), env.gw.open_spool_files()))?;
+    env.nothing_left()?;
     Ok(())
 }
 
@@ -302,11 +311,7 @@ fn a_vanishing_server_gets_the_client_a_421_and_leaves_nothing_behind() -> anyho
     )?;
     let t = text(&out);
     assert!(t.contains("reply 421 The server closed the control connection."), "{t}");
-    wait_for("the gateway to let go of the session", Duration::from_secs(30), || {
-        let tcp = env.gw.tcp_connections().ok()?;
-        (env.gw.open_spool_files() == 0 && tcp.is_empty() && env.gw.counter("/expectations").ok()? == 0).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw.tcp_connections(), env.gw.open_spool_files()))?;
+    env.nothing_left()?;
     Ok(())
 }
 
@@ -318,11 +323,7 @@ fn a_vanishing_client_leaves_nothing_behind() -> anyhow::Result<()> {
     let out =
         env.ftplib(SERVER_V4, "import os\nf.voidcmd('TYPE I')\nc=f.transfercmd('RETR big')\nc.recv(10)\nos._exit(0)")?;
     assert!(out.status.success(), "{}", text(&out));
-    wait_for("the gateway to let go of the session", Duration::from_secs(30), || {
-        let tcp = env.gw.tcp_connections().ok()?;
-        (env.gw.open_spool_files() == 0 && tcp.is_empty() && env.gw.counter("/expectations").ok()? == 0).then_some(())
-    })
-    .map_err(|e| anyhow::anyhow!("{e}: {:?}, spool files {}", env.gw.tcp_connections(), env.gw.open_spool_files()))?;
+    env.nothing_left()?;
     // A new session works.
     let out = env.ftplib(SERVER_V4, "print(f.nlst())\nf.quit()")?;
     assert!(text(&out).contains("big"), "{}", text(&out));
