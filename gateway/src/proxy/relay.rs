@@ -12,7 +12,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use tokio::{io::Interest, net::TcpStream};
+use tokio::{io::Interest, net::TcpStream, time::Duration};
+
+use crate::spool::Spool;
 
 /// How a relay ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,4 +142,44 @@ impl Pipe {
         };
         Ok(Pipe { read, write, size })
     }
+}
+
+/// Sends a held body from offset `from` to `stream`: from memory with
+/// plain writes, from a spool file with sendfile(2) (no copy through
+/// userspace). Each wait for the socket is bounded by `wait`.
+pub async fn send_held(stream: &TcpStream, held: &Spool, from: u64, wait: Duration) -> io::Result<()> {
+    if let Some(mem) = held.memory() {
+        let mut rest = mem.get(from as usize..).unwrap_or_default();
+        while !rest.is_empty() {
+            tokio::time::timeout(wait, stream.writable())
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            match stream.try_write(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        return Ok(());
+    }
+    let Some(file) = held.file() else { return Ok(()) };
+    let len = held.len() as i64;
+    let mut off: i64 = from as i64;
+    while off < len {
+        tokio::time::timeout(wait, stream.writable()).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let res = stream.try_io(Interest::WRITABLE, || {
+            let want = (len - off).min(1 << 30) as usize;
+            // SAFETY: both descriptors are valid; off is ours.
+            let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+        });
+        match res {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -179,17 +179,11 @@ pub async fn scanned(
                 relay::reset_on_close(&to);
                 return Outcome::Failed("the file could not be held".into());
             };
-            let mut off = sent;
-            while off < held.len() {
-                let n = match held.read_at(off, &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return Outcome::Failed("the receiver went away".into());
-                }
-                off += n as u64;
+            if let Err(e) = relay::send_held(&to, &held, sent, stall).await {
+                relay::reset_on_close(&to);
+                return Outcome::Failed(format!("delivering the file: {e}"));
             }
+            let off = held.len();
             let _ = to.shutdown().await;
             let verdict = match &done.outcome.verdict {
                 Verdict::Clean => "clean".to_string(),

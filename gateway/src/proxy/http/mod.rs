@@ -16,13 +16,12 @@ pub mod page;
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd,
     sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
 use log::info;
-use tokio::{io::Interest, net::TcpStream};
+use tokio::net::TcpStream;
 
 use self::{
     body::{BodyError, BodyReader, chunk},
@@ -660,13 +659,13 @@ impl Flow<'_> {
     async fn deliver_client(&mut self, held: &mut Spool, from: u64) -> Result<(), End> {
         self.counts.down.fetch_add(held.len().saturating_sub(from), Ordering::Relaxed);
         let wait = self.body_wait();
-        deliver(&mut self.client, held, from, wait).await.map_err(|e| format!("client: {e}"))
+        relay::send_held(&self.client.stream, held, from, wait).await.map_err(|e| format!("client: {e}"))
     }
 
     async fn deliver_upstream(&mut self, held: &mut Spool) -> Result<(), End> {
         let wait = self.body_wait();
         let up = self.upstream.as_mut().ok_or("no upstream")?;
-        deliver(up, held, 0, wait).await.map_err(|e| format!("server: {e}"))
+        relay::send_held(&up.stream, held, 0, wait).await.map_err(|e| format!("server: {e}"))
     }
 
     /// After 101 Switching Protocols: bytes both ways, unscanned.
@@ -681,35 +680,6 @@ impl Flow<'_> {
         let end = relay::relay(&self.client.stream, &up.stream, 1 << 20, self.counts).await;
         format!("upgraded, {end}")
     }
-}
-
-/// Writes a held body from byte `from` on: from memory, or from its file
-/// with sendfile(2).
-async fn deliver(conn: &mut Conn, held: &mut Spool, from: u64, wait: Duration) -> std::io::Result<()> {
-    if let Some(mem) = held.memory() {
-        return conn.write_all(mem.get(from as usize..).unwrap_or_default(), wait).await;
-    }
-    let Some(file) = held.file() else { return Ok(()) };
-    let len = held.len() as i64;
-    let mut off: i64 = from as i64;
-    while off < len {
-        tokio::time::timeout(wait, conn.stream.writable())
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let res = conn.stream.try_io(Interest::WRITABLE, || {
-            let want = (len - off).min(1 << 30) as usize;
-            // SAFETY: both descriptors are valid; off is ours.
-            let n = unsafe { libc::sendfile(conn.stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
-            if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
-        });
-        match res {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// How a trickled body is framed towards the client.
