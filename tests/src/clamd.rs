@@ -69,10 +69,12 @@ impl Clamd {
         std::fs::create_dir_all(&db)?;
         let tmp = tmpfs_dir(&dir);
         std::fs::create_dir_all(&tmp)?;
+        // From here on, a failure drops this and removes the tmpfs directory.
+        let mut clamd = Clamd { socket: dir.join("clamd.sock"), dir, tmp, child: None };
+        let (dir, tmp, socket) = (&clamd.dir, &clamd.tmp, &clamd.socket);
         for f in ["gateway-test.ndb", "gateway-test.hdb"] {
             std::fs::copy(workspace_root().join("tests/data/clamav").join(f), db.join(f))?;
         }
-        let socket = dir.join("clamd.sock");
         let conf = dir.join("clamd.conf");
         std::fs::write(
             &conf,
@@ -95,12 +97,11 @@ impl Clamd {
             .stderr(std::fs::File::create(dir.join("stderr.log"))?)
             .spawn()
             .context("starting clamd (package clamav-daemon)")?;
-        let mut clamd = Clamd { socket, dir, tmp, child: Some(child) };
+        clamd.child = Some(child);
         wait_for("clamd to listen", Duration::from_secs(60), || {
             std::os::unix::net::UnixStream::connect(&clamd.socket).ok().map(|_| ())
         })
         .with_context(|| std::fs::read_to_string(clamd.dir.join("clamd.log")).unwrap_or_default())?;
-        let _ = &mut clamd;
         Ok(clamd)
     }
 

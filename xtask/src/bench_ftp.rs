@@ -50,7 +50,8 @@ pub fn ftp(mib: u64, squid: bool) -> anyhow::Result<()> {
     gw.stop(&mut rig, libc::SIGTERM)?;
     ensure!(scanned == 2, "expected 2 scanned transfers in the gateway log, found {scanned}");
 
-    let squid_rates = if squid {
+    // Per verb: Squid's rate, or why it failed.
+    let squid_rates: Option<[Result<f64, String>; 2]> = if squid {
         eprintln!("bench ftp: Squid 6.13 ftp_port intercept + c-icap + clamd");
         // Squid announces the server's address with a port of its own for
         // the data connection, so those need a redirect too.
@@ -61,18 +62,16 @@ pub fn ftp(mib: u64, squid: bool) -> anyhow::Result<()> {
             "ftp_port 2121 intercept",
             &format!("tcp dport 21 redirect to :2121; {data}"),
         )?;
-        let get = curl_rate(&rig, &["-o", "/dev/null", &get], "%{speed_download}");
-        let put = curl_rate(&rig, &["-T", &up, &put], "%{speed_upload}");
-        let note = |r: &anyhow::Result<f64>| match r {
-            Ok(v) => format!("{v:.1}"),
-            Err(e) => {
+        let rates = [
+            curl_rate(&rig, &["-o", "/dev/null", &get], "%{speed_download}"),
+            curl_rate(&rig, &["-T", &up, &put], "%{speed_upload}"),
+        ];
+        Some(rates.map(|r| {
+            r.map_err(|e| {
                 eprintln!("bench ftp: through Squid: {e:#} (Squid's log: {})", sq.log.display());
                 format!("failed: {}", e.to_string().lines().next().unwrap_or_default())
-            }
-        };
-        let (g, p) = (note(&get), note(&put));
-        drop(sq);
-        Some((g, p, get.ok(), put.ok()))
+            })
+        }))
     } else {
         None
     };
@@ -82,12 +81,10 @@ pub fn ftp(mib: u64, squid: bool) -> anyhow::Result<()> {
         "\n| {mib} MiB | direct forwarding | gateway + clamd | clamd INSTREAM alone | gateway / clamd |{squid_head}"
     );
     println!("|---|---|---|---|---|{}", if squid_rates.is_some() { "---|---|" } else { "" });
-    for (verb, direct, gw, idx) in [("RETR", d_get, g_get, 0), ("STOR", d_put, g_put, 1)] {
-        let squid_cells = match &squid_rates {
-            Some((g, p, gv, pv)) => {
-                let (text, v) = if idx == 0 { (g, gv) } else { (p, pv) };
-                format!(" {text} | {} |", v.map_or("-".to_string(), |v| format!("{:.2}×", gw / v)))
-            }
+    for (i, (verb, direct, gw)) in [("RETR", d_get, g_get), ("STOR", d_put, g_put)].into_iter().enumerate() {
+        let squid_cells = match squid_rates.as_ref().map(|r| &r[i]) {
+            Some(Ok(v)) => format!(" {v:.1} | {:.2}× |", gw / v),
+            Some(Err(why)) => format!(" {why} | - |"),
             None => String::new(),
         };
         println!("| {verb}, MiB/s | {direct:.0} | {gw:.1} | {limit:.1} | {:.2}× |{squid_cells}", gw / limit);

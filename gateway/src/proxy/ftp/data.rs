@@ -183,14 +183,13 @@ pub async fn scanned(
                 relay::reset_on_close(&to);
                 return Outcome::Failed(format!("delivering the file: {e}"));
             }
-            let off = held.len();
             let _ = to.shutdown().await;
             let verdict = match &done.outcome.verdict {
                 Verdict::Clean => "clean".to_string(),
                 Verdict::Error { kind, .. } => format!("unscanned ({}), allowed by policy", kind.name()),
                 Verdict::Infected { .. } => "infected, allowed".to_string(),
             };
-            Outcome::Delivered { bytes: off, verdict, trickled: sent }
+            Outcome::Delivered { bytes: held.len(), verdict, trickled: sent }
         }
         Decision::Block(reason) => {
             let _ = to.shutdown().await;

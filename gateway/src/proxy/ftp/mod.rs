@@ -364,8 +364,8 @@ impl Session<'_> {
                 self.start_transfer(&verb, arg);
             }
             "ABOR" => {
+                // Dropping the transfer aborts it, before ABOR reaches the server.
                 if let Some(t) = self.transfer.take() {
-                    t.handle.abort();
                     info!(target: "ftp", "client={} {} {} aborted by the client", self.peer, t.verb, t.name);
                 }
                 self.plan = None;
@@ -512,14 +512,8 @@ impl Session<'_> {
                             return Ok(Flow::Go);
                         }
                         Ok(Some(line)) => self.deferred.push(line),
-                        Ok(None) => {
-                            t.handle.abort();
-                            return Err("client closed during a transfer".into());
-                        }
-                        Err(e) => {
-                            t.handle.abort();
-                            return Err(format!("client: {e:?}"));
-                        }
+                        Ok(None) => return Err("client closed during a transfer".into()),
+                        Err(e) => return Err(format!("client: {e:?}")),
                     },
                 }
             }

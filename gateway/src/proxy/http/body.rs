@@ -86,18 +86,11 @@ impl BodyReader {
                     return Ok(Some(piece));
                 }
                 State::Close => {
-                    let piece = if conn.buffered().is_empty() {
-                        conn.read_piece(PIECE as usize, self.idle).await?
-                    } else {
-                        let piece = conn.buffered().to_vec();
-                        conn.consume(piece.len());
-                        piece
-                    };
+                    let piece = self.piece(conn, u64::MAX).await?;
                     if piece.is_empty() {
                         self.state = State::Done;
                         return Ok(None);
                     }
-                    self.read += piece.len() as u64;
                     return Ok(Some(piece));
                 }
                 State::ChunkSize => {
@@ -137,21 +130,34 @@ impl BodyReader {
     /// Up to `left` bytes of a body whose end is known; the peer closing
     /// first is a short body.
     async fn take(&mut self, conn: &mut Conn, left: u64) -> Result<Vec<u8>, BodyError> {
-        if conn.buffered().is_empty() && left >= DIRECT_MIN {
-            let piece = conn.read_piece(left.min(PIECE) as usize, self.idle).await?;
-            if piece.is_empty() {
-                return Err(BodyError::Short(self.read));
-            }
-            self.read += piece.len() as u64;
-            return Ok(piece);
-        }
-        if conn.buffered().is_empty() && conn.fill(self.idle).await? == 0 {
+        let piece = self.piece(conn, left).await?;
+        if piece.is_empty() {
             return Err(BodyError::Short(self.read));
         }
-        let n = (left.min(conn.buffered().len() as u64)) as usize;
-        let piece = conn.buffered()[..n].to_vec();
-        conn.consume(n);
-        self.read += n as u64;
+        Ok(piece)
+    }
+
+    /// Up to `max` bytes: what is buffered, else a read straight into a
+    /// piece of its own when enough is due (no copy through the
+    /// connection's buffer), else a fill of that buffer (which also takes
+    /// in the framing that follows a small chunk). Empty at EOF.
+    async fn piece(&mut self, conn: &mut Conn, max: u64) -> Result<Vec<u8>, BodyError> {
+        let piece = if !conn.buffered().is_empty() {
+            let n = max.min(conn.buffered().len() as u64) as usize;
+            let piece = conn.buffered()[..n].to_vec();
+            conn.consume(n);
+            piece
+        } else if max >= DIRECT_MIN {
+            conn.read_piece(max.min(PIECE) as usize, self.idle).await?
+        } else if conn.fill(self.idle).await? == 0 {
+            Vec::new()
+        } else {
+            let n = max.min(conn.buffered().len() as u64) as usize;
+            let piece = conn.buffered()[..n].to_vec();
+            conn.consume(n);
+            piece
+        };
+        self.read += piece.len() as u64;
         Ok(piece)
     }
 
