@@ -9,39 +9,68 @@
 
 use std::{net::IpAddr, path::Path, sync::Arc};
 
-use log::warn;
 use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
 };
+use tracing::warn;
 
 use crate::{
-    proxy::Context,
-    stats::ProxySnapshot,
+    scan::Scanner,
+    stats::{self, Snapshot},
     steering::{KernelStats, Steering},
 };
 
 /// Everything `stats` reports.
 #[derive(Serialize)]
-pub struct Stats {
+pub struct Report {
     /// eBPF counters.
     pub kernel: KernelStats,
     /// Proxy counters.
-    pub proxy: ProxySnapshot,
+    pub proxy: Snapshot,
     /// Entries in the expectations map.
     pub expectations: usize,
+    /// Bytes held by all spools: in memory, on disk.
+    pub spool: SpoolUsage,
 }
 
-impl Stats {
+/// What the spools hold now.
+#[derive(Serialize)]
+pub struct SpoolUsage {
+    /// In memory.
+    pub memory: u64,
+    /// On disk.
+    pub disk: u64,
+}
+
+/// What the control socket reads counters from.
+#[derive(Clone)]
+pub struct Sources {
+    /// Steering (kernel counters, expectations).
+    pub steering: Arc<Steering>,
+    /// The proxies' counters.
+    pub stats: Arc<stats::Stats>,
+    /// The scanning core (spool usage).
+    pub scanner: Arc<Scanner>,
+}
+
+impl Report {
     /// Reads every counter now.
-    pub fn collect(steering: &Steering, ctx: &Context) -> Stats {
-        Stats { kernel: steering.stats(), proxy: ctx.stats.snapshot(), expectations: steering.expectations().len() }
+    pub fn collect(src: &Sources) -> Report {
+        let (memory, disk) = src.scanner.spool_usage();
+        Report {
+            kernel: src.steering.stats(),
+            proxy: src.stats.snapshot(),
+            expectations: src.steering.expectations().len(),
+            spool: SpoolUsage { memory, disk },
+        }
     }
 }
 
-/// Binds the socket, replacing a stale one.
+/// Binds the socket (mode 0600: it changes steering), replacing a stale one.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -50,48 +79,46 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Serves control connections until the task is dropped.
-pub async fn serve(listener: UnixListener, steering: Arc<Steering>, ctx: Arc<Context>) {
+pub async fn serve(listener: UnixListener, src: Sources) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let steering = steering.clone();
-        let ctx = ctx.clone();
+        let src = src.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, &steering, &ctx).await {
+            if let Err(e) = answer(stream, &src).await {
                 warn!("control connection: {e}");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, steering: &Steering, ctx: &Context) -> std::io::Result<()> {
+async fn answer(stream: UnixStream, src: &Sources) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(4096)).read_line(&mut line).await?;
-    let reply = execute(line.trim(), steering, ctx);
+    let reply = execute(line.trim(), src);
     write.write_all(reply.as_bytes()).await?;
     write.write_all(b"\n").await?;
     write.shutdown().await
 }
 
-fn execute(line: &str, steering: &Steering, ctx: &Context) -> String {
+fn execute(line: &str, src: &Sources) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
-        ["stats"] => {
-            let stats = Stats::collect(steering, ctx);
-            serde_json::to_string(&stats).unwrap_or_else(|e| format!("error: {e}"))
-        }
+        ["stats"] => serde_json::to_string(&Report::collect(src)).unwrap_or_else(|e| format!("error: {e}")),
         ["expect", op @ ("add" | "del"), client, server, port] => {
             let parsed = (client.parse::<IpAddr>(), server.parse::<IpAddr>(), port.parse::<u16>());
             let (Ok(client), Ok(server), Ok(port)) = parsed else {
                 return "error: expect takes CLIENT-IP SERVER-IP PORT".into();
             };
-            let exp = steering.expectations();
+            let exp = src.steering.expectations();
             let res = if *op == "add" {
                 exp.add(client, server, port, gateway_common::listener::FTP_DATA)
             } else {

@@ -2,7 +2,7 @@
 //! client is told (so a crash between the two never loses a detection), to
 //! `[log] detections` if set and always to the log (target `detection`).
 
-use std::{fs::File, io::Write as _, path::Path, sync::Mutex};
+use std::{fs::File, io::Write as _, os::unix::fs::OpenOptionsExt as _, path::Path, sync::Mutex};
 
 use serde::Serialize;
 
@@ -11,54 +11,60 @@ pub struct Detections {
     file: Option<Mutex<File>>,
 }
 
-/// One blocked transfer.
-#[derive(Serialize)]
-pub struct Record<'a> {
+/// One blocked transfer. Built by [`crate::decide`] only.
+#[derive(Debug, Serialize)]
+pub struct Record {
     /// Matches the block page's reference and the request log.
-    pub id: &'a str,
+    pub id: String,
     /// Seconds since the epoch.
     pub time: u64,
     /// `http-download`, `http-upload`, `ftp-download`, `ftp-upload`.
-    pub kind: &'a str,
+    pub kind: &'static str,
     /// Client address.
     pub client: String,
     /// Server address.
     pub server: String,
     /// URL or file name.
-    pub object: &'a str,
+    pub object: String,
     /// Threat names (empty for policy blocks).
-    pub threats: &'a [String],
+    pub threats: Vec<String>,
     /// Why it was blocked.
-    pub reason: &'a str,
-    /// Engine that reported it.
-    pub engine: &'a str,
-    /// Bytes of the object seen.
+    pub reason: String,
+    /// Engine that reported it (`policy` for policy blocks).
+    pub engine: String,
+    /// Bytes of the object given to the scanner.
     pub bytes: u64,
     /// Bytes that reached the receiver before the verdict (trickling).
     pub delivered_before_verdict: u64,
 }
 
 impl Detections {
-    /// Opens `path` for appending (empty: log only).
+    /// Records to the log only.
+    pub fn log_only() -> Detections {
+        Detections { file: None }
+    }
+
+    /// Opens `path` for appending (empty: log only). A new file is made
+    /// readable by its owner and group only (0640): it names clients.
     pub fn open(path: &Path) -> std::io::Result<Detections> {
         if path.as_os_str().is_empty() {
-            return Ok(Detections { file: None });
+            return Ok(Detections::log_only());
         }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let f = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path)?;
         Ok(Detections { file: Some(Mutex::new(f)) })
     }
 
     /// Writes one record.
-    pub fn record(&self, rec: &Record<'_>) {
+    pub fn write(&self, rec: &Record) {
         let line = serde_json::to_string(rec).unwrap_or_default();
-        log::warn!(target: "detection", "{line}");
+        tracing::warn!(target: "detection", "{line}");
         if let Some(f) = &self.file {
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
-                log::error!("writing a detection record failed: {e}");
+                tracing::error!("writing a detection record failed: {e}");
             }
         }
     }

@@ -1,20 +1,26 @@
 //! gateway: a transparent virus-scanning gateway for Linux firewall hosts.
 //!
 //! Data flow: [`steering`] (eBPF TC/XDP, policy routing) hands forwarded
-//! flows to the [`proxy`], which relays them to their original destination;
-//! bodies go through the [`scan`] core (clamd or ICAP, [`spool`]) to a
-//! [`verdict`], which the [`policy`] turns into a decision.
+//! flows to the [`proxy`] (HTTP, FTP), which connects on to their original
+//! destination ([`net`]); bodies go through the [`scan`] core (clamd or
+//! ICAP, held in the [`spool`]) to a [`verdict`], which [`decide`] turns
+//! into a decision (with the [`policy`], the [`cache`] and a detection
+//! record); the proxy delivers or blocks.
 //! See `docs/ARCHITECTURE.md` for the whole map.
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod control;
+pub mod decide;
 pub mod detections;
+pub mod net;
 pub mod policy;
 pub mod proxy;
 pub mod scan;
 pub mod spool;
 pub mod stats;
 pub mod steering;
-pub mod units;
+pub mod transport;
 pub mod verdict;
+pub mod wire;

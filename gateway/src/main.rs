@@ -1,10 +1,8 @@
 //! The `gateway` command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
-use std::sync::Arc;
-
 use gateway::{
     config::{Config, ScanBackend},
     control,
@@ -81,9 +79,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    init_logging();
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
@@ -137,7 +133,7 @@ fn scan(
     };
     if let Some(addr) = clamd {
         cfg.backend = ScanBackend::Clamd;
-        cfg.clamd = addr;
+        cfg.clamd = vec![addr];
     }
     if !icap.is_empty() {
         cfg.backend = ScanBackend::Icap;
@@ -146,7 +142,7 @@ fn scan(
     if let Err(e) = cfg.validate() {
         return fail(2, &e);
     }
-    let scanner = match Scanner::new(&cfg) {
+    let scanner = match Scanner::standalone(&cfg) {
         Ok(s) => Arc::new(s),
         Err(e) => return fail(2, &e),
     };
@@ -191,6 +187,13 @@ fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
         }
         Err(e) => fail(1, &format!("cannot reach the gateway at {}: {e}", socket.display())),
     }
+}
+
+/// Log lines to stderr: `RUST_LOG` filters (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

@@ -6,11 +6,13 @@ use serde::Serialize;
 
 /// Counters updated by the proxies.
 #[derive(Debug, Default)]
-pub struct ProxyStats {
+pub struct Stats {
     /// Flows accepted.
     pub flows_total: AtomicU64,
-    /// Flows being relayed now.
+    /// Flows being served now.
     pub flows_active: AtomicU64,
+    /// Flows turned away at the connection caps.
+    pub refused: AtomicU64,
     /// Flows whose original destination could not be reached.
     pub upstream_failures: AtomicU64,
     /// Bytes client → server.
@@ -19,13 +21,15 @@ pub struct ProxyStats {
     pub bytes_down: AtomicU64,
 }
 
-/// A point-in-time copy of [`ProxyStats`].
+/// A point-in-time copy of [`Stats`].
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct ProxySnapshot {
+pub struct Snapshot {
     /// Flows accepted.
     pub flows_total: u64,
-    /// Flows being relayed now.
+    /// Flows being served now.
     pub flows_active: u64,
+    /// Flows turned away at the connection caps.
+    pub refused: u64,
     /// Flows whose original destination could not be reached.
     pub upstream_failures: u64,
     /// Bytes client → server.
@@ -34,13 +38,14 @@ pub struct ProxySnapshot {
     pub bytes_down: u64,
 }
 
-impl ProxyStats {
+impl Stats {
     /// Reads all counters.
-    pub fn snapshot(&self) -> ProxySnapshot {
+    pub fn snapshot(&self) -> Snapshot {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ProxySnapshot {
+        Snapshot {
             flows_total: r(&self.flows_total),
             flows_active: r(&self.flows_active),
+            refused: r(&self.refused),
             upstream_failures: r(&self.upstream_failures),
             bytes_up: r(&self.bytes_up),
             bytes_down: r(&self.bytes_down),
@@ -49,11 +54,11 @@ impl ProxyStats {
 }
 
 /// Decrements `flows_active` when a flow ends, on every path.
-pub struct ActiveFlow<'a>(&'a ProxyStats);
+pub struct ActiveFlow<'a>(&'a Stats);
 
 impl<'a> ActiveFlow<'a> {
     /// Counts a new flow as total and active.
-    pub fn start(stats: &'a ProxyStats) -> Self {
+    pub fn start(stats: &'a Stats) -> Self {
         stats.flows_total.fetch_add(1, Ordering::Relaxed);
         stats.flows_active.fetch_add(1, Ordering::Relaxed);
         ActiveFlow(stats)

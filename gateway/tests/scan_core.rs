@@ -4,11 +4,11 @@
 use std::{path::Path, process::Command, sync::Arc, time::Duration};
 
 use gateway::{
-    config::{Scan, ScanBackend},
-    policy::{Action, Decision},
+    config::{Scan, ScanBackend, units::Size},
+    decide::{Decision, Subject, TransferKind},
+    policy::Action,
     scan::{ScanMeta, Scanner},
-    units::Size,
-    verdict::{ErrorKind, Verdict},
+    verdict::{ErrorKind, Outcome, Verdict},
 };
 use tests::{
     cicap::CIcap,
@@ -40,7 +40,14 @@ fn scratch(tag: &str) -> Scratch {
 }
 
 fn clamd_config(clamd: &Clamd, spool: &Path) -> Scan {
-    Scan { clamd: clamd.addr(), spool_dir: spool.to_path_buf(), ..Scan::default() }
+    Scan { clamd: vec![clamd.addr()], spool_dir: spool.to_path_buf(), ..Scan::default() }
+}
+
+/// What the proxies would decide for `outcome`.
+fn decide(scanner: &Scanner, outcome: &Outcome) -> Decision {
+    let addr = "198.18.0.2:1".parse().unwrap();
+    let subject = Subject::new(TransferKind::HttpDownload, addr, addr, "http://origin.test/file.bin".into());
+    scanner.decider().decide(&subject, outcome, 0)
 }
 
 async fn scan_in_chunks(scanner: &Arc<Scanner>, body: &[u8], chunk: usize, hold: bool) -> gateway::scan::Finished {
@@ -67,7 +74,7 @@ fn one_byte_chunks_and_empty_bodies_on_both_backends() {
     with_eicar.extend_from_slice(b" and after");
     for backend in [ScanBackend::Clamd, ScanBackend::Icap] {
         let cfg = Scan { backend, icap: vec![icap.url.clone()], ..clamd_config(&clamd, &dir) };
-        let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+        let scanner = Arc::new(Scanner::standalone(&cfg).unwrap());
         rt.block_on(async {
             let done = scan_in_chunks(&scanner, &with_eicar, 1, true).await;
             assert!(done.outcome.verdict.is_infected(), "{backend:?}: {:?}", done.outcome.verdict);
@@ -90,11 +97,12 @@ fn one_byte_chunks_and_empty_bodies_on_both_backends() {
 fn infected_body_is_remembered_by_hash() {
     let dir = scratch("cache");
     let clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
-    let scanner = Arc::new(Scanner::new(&clamd_config(&clamd, &dir)).unwrap());
+    let scanner = Arc::new(Scanner::standalone(&clamd_config(&clamd, &dir)).unwrap());
     let rt = runtime();
     rt.block_on(async {
         let first = scan_in_chunks(&scanner, &eicar(), 10, false).await;
         assert!(first.outcome.verdict.is_infected() && !first.outcome.cached);
+        assert!(matches!(decide(&scanner, &first.outcome), Decision::Block { .. }));
         let again = scan_in_chunks(&scanner, &eicar(), 10, false).await;
         assert!(again.outcome.verdict.is_infected() && again.outcome.cached);
     });
@@ -104,7 +112,7 @@ fn infected_body_is_remembered_by_hash() {
 fn clamd_sessions_are_reused_and_survive_a_clamd_restart() {
     let dir = scratch("restart");
     let mut clamd = Clamd::start(dir.join("clamd"), "300M").unwrap();
-    let scanner = Arc::new(Scanner::new(&clamd_config(&clamd, &dir)).unwrap());
+    let scanner = Arc::new(Scanner::standalone(&clamd_config(&clamd, &dir)).unwrap());
     let rt = runtime();
     let connections = |clamd: &Clamd| {
         let out = Command::new("ss").args(["-Hx", "src", &clamd.socket.to_string_lossy()]).output().unwrap();
@@ -138,14 +146,14 @@ fn dead_clamd_blocks_by_default_and_passes_with_on_error_allow() {
     let rt = runtime();
     for (action, want_pass) in [(Action::Block, false), (Action::Allow, true)] {
         let cfg = Scan { on_error: action, ..clamd_config(&clamd, &dir) };
-        let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+        let scanner = Arc::new(Scanner::standalone(&cfg).unwrap());
         let done = rt.block_on(scan_in_chunks(&scanner, b"hello", 5, true));
         assert!(
             matches!(done.outcome.verdict, Verdict::Error { kind: ErrorKind::Unavailable, .. }),
             "{:?}",
             done.outcome.verdict
         );
-        assert_eq!(scanner.policy.decide(&done.outcome.verdict) == Decision::Pass, want_pass);
+        assert_eq!(matches!(decide(&scanner, &done.outcome), Decision::Pass { .. }), want_pass);
     }
     assert_eq!(Scan::default().on_error, Action::Block, "fail closed by default");
 }
@@ -159,7 +167,7 @@ fn a_full_spool_is_an_error_verdict_not_a_truncated_body() {
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&spool).status().unwrap();
     assert!(mounted.success(), "mounting a 1 MiB tmpfs");
     let cfg = Scan { spool_memory: Size(64 << 10), spool_memory_total: Size(64 << 10), ..clamd_config(&clamd, &spool) };
-    let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+    let scanner = Arc::new(Scanner::standalone(&cfg).unwrap());
     let body: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 253) as u8).collect();
     let done = runtime().block_on(scan_in_chunks(&scanner, &body, 65536, true));
     let _ = Command::new("umount").arg(&spool).status();
@@ -169,7 +177,7 @@ fn a_full_spool_is_an_error_verdict_not_a_truncated_body() {
         done.outcome.verdict
     );
     assert!(done.body.is_none(), "no partial body is handed out for delivery");
-    assert!(matches!(scanner.policy.decide(&done.outcome.verdict), Decision::Block(_)));
+    assert!(matches!(decide(&scanner, &done.outcome), Decision::Block { .. }));
 }
 
 /// Runs in a child process so that its peak RSS (VmHWM) is its own.
@@ -183,7 +191,7 @@ fn a_held_200_mib_body_keeps_memory_near_spool_memory() {
         let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 31 % 255) as u8).collect();
         for backend in [ScanBackend::Clamd, ScanBackend::Icap] {
             let cfg = Scan { backend, icap: vec![icap.url.clone()], ..clamd_config(&clamd, &dir) };
-            let scanner = Arc::new(Scanner::new(&cfg).unwrap());
+            let scanner = Arc::new(Scanner::standalone(&cfg).unwrap());
             let done = runtime().block_on(async {
                 let mut s = scanner.start(ScanMeta::file("big.bin"), true);
                 for i in 0..3200u32 {

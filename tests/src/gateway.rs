@@ -168,7 +168,7 @@ impl Gateway {
 
     /// Flow log lines (`kind=… client=… dst=…`).
     pub fn flow_lines(&self) -> Vec<String> {
-        self.log_text().lines().filter(|l| l.contains(" flow] ")).map(str::to_owned).collect()
+        self.log_text().lines().filter(|l| l.contains(" flow: ")).map(str::to_owned).collect()
     }
 
     /// Sends `signal` and waits for the process to exit.

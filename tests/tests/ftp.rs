@@ -89,7 +89,7 @@ fn clean_files_arrive_identical_in_passive_and_active_mode() -> anyhow::Result<(
         }
     }
     let log = env.gw.log_text();
-    let retr: Vec<&str> = log.lines().filter(|l| l.contains(" ftp] ") && l.contains("RETR")).collect();
+    let retr: Vec<&str> = log.lines().filter(|l| l.contains(" ftp: ") && l.contains("RETR")).collect();
     assert_eq!(retr.len(), 10, "{retr:#?}");
     assert!(retr.iter().all(|l| l.contains("verdict=clean")), "{retr:#?}");
     // 1 KiB per 4096 KiB went on before the verdict: none below 4096 KiB.

@@ -478,7 +478,7 @@ fn vanishing_clients_and_servers_leave_nothing_behind() -> anyhow::Result<()> {
     let log = env.gw().log_text();
     assert!(
         log.lines()
-            .any(|l| l.contains("http]") && l.contains("url=http://198.19.0.2/100m") && l.contains("not delivered")),
+            .any(|l| l.contains(" http: ") && l.contains("url=http://198.19.0.2/100m") && l.contains("not delivered")),
         "no request line for the abandoned download: {log}"
     );
     assert!(log.lines().any(|l| l.contains("body cut short after 1048576 bytes")), "{log}");

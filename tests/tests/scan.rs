@@ -132,7 +132,7 @@ fn oversize_bodies_are_reported_as_oversize() -> anyhow::Result<()> {
     std::fs::write(&conf, format!("[scan]\nclamd = \"{}\"\nmax_scan_size = \"1MiB\"\n", env.clamd.addr()))?;
     let out = env.scan(&["--config", &conf.to_string_lossy()], &["tail-10m", "eicar.com"])?;
     assert!(
-        lines(&out)[0].starts_with("tail-10m: ERROR oversize (body larger than max_scan_size"),
+        lines(&out)[0].starts_with("tail-10m: ERROR oversize (body larger than scan.max_scan_size"),
         "{:?}",
         lines(&out)
     );

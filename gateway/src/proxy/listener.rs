@@ -25,16 +25,17 @@ pub fn transparent(port: u16, v6: bool) -> std::io::Result<TcpListener> {
         socket.set_only_v6(true)?;
         set_ipv6_transparent(&socket)?;
     } else {
-        socket.set_ip_transparent(true)?;
+        socket.set_ip_transparent_v4(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
 }
 
+/// IPV6_TRANSPARENT: neither socket2 nor nix offer it.
 fn set_ipv6_transparent(socket: &Socket) -> std::io::Result<()> {
     let one: libc::c_int = 1;
-    // SAFETY: valid fd, option value is a c_int of the right size.
+    // SAFETY: valid fd; the option value is a c_int of the right size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),

@@ -2,11 +2,15 @@
 //!
 //! Each listener kind (HTTP, FTP control, FTP data) has one accept loop per
 //! address family. A flow's original destination is the accepted socket's
-//! local address; the gateway connects there from its own address, then
-//! serves HTTP flows with [`http`] and relays the others byte for byte.
+//! local address. Every flow is first admitted against the connection caps
+//! ([`limits`]); then HTTP flows go to [`http`], FTP control connections to
+//! [`ftp`], expected FTP data connections to the FTP session waiting for
+//! them (or are reset), and anything not scanned is relayed byte for byte
+//! ([`relay`]).
 
 pub mod ftp;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod relay;
 
@@ -16,12 +20,18 @@ use std::{
     time::Instant,
 };
 
-use log::{info, warn};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
 
+use self::{
+    limits::{Caps, Refusal},
+    relay::Counts,
+};
 use crate::{
     config,
-    stats::{ActiveFlow, ProxyStats},
+    net::{Dialer, reset_on_close},
+    scan::Scanner,
+    stats::{ActiveFlow, Stats},
 };
 
 /// Which listener a flow arrived on.
@@ -56,37 +66,79 @@ impl Kind {
     }
 }
 
+/// What both protocols share: the scanning core, the counters, and the way
+/// out to the original destinations.
+#[derive(Clone)]
+pub struct Shared {
+    /// The scanning core (with the decider and its detection log).
+    pub scanner: Arc<Scanner>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Upstream connections.
+    pub dialer: Arc<Dialer>,
+}
+
 /// What every flow handler needs.
-pub struct Context {
+pub struct Proxy {
     /// `[proxy]` settings.
     pub config: config::Proxy,
-    /// Shared counters.
-    pub stats: ProxyStats,
-    /// The HTTP proxy's settings, scanner and block page.
+    /// The shared set.
+    pub shared: Shared,
+    /// Connection caps.
+    pub caps: Arc<Caps>,
+    /// The HTTP proxy.
     pub http: http::HttpContext,
-    /// The FTP gateway's settings and data-connection plumbing.
+    /// The FTP gateway.
     pub ftp: ftp::FtpContext,
 }
 
 /// Accepts flows on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, kind: Kind, ctx: Arc<Context>) {
+pub async fn serve(listener: TcpListener, kind: Kind, ctx: Arc<Proxy>) {
     loop {
         match listener.accept().await {
-            Ok((client, peer)) => {
-                let ctx = ctx.clone();
-                tokio::spawn(async move { handle(client, peer, kind, &ctx).await });
-            }
+            Ok((client, peer)) => match ctx.caps.admit(peer.ip()) {
+                Ok(admitted) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        handle(client, peer, kind, &ctx).await;
+                        drop(admitted);
+                    });
+                }
+                Err(refusal) => refuse(client, peer, kind, &ctx, &refusal),
+            },
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warn!("accept on {} listener failed: {e}", kind.name());
+                warn!("accept on the {} listener failed: {e}", kind.name());
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) {
-    let _active = ActiveFlow::start(&ctx.stats);
+/// Turns a connection away at the caps: a short answer where the protocol
+/// has one, a reset otherwise, and a log line (at most one a second).
+fn refuse(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy, refusal: &Refusal) {
+    ctx.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+    let answer: &[u8] = match kind {
+        Kind::Http => {
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 5\r\n\r\n"
+        }
+        Kind::FtpControl => b"421 Too many connections; try again later.\r\n",
+        Kind::FtpData => b"",
+    };
+    // Best effort and non-blocking: a fresh socket's buffer takes it.
+    if answer.is_empty() || client.try_write(answer).is_err() {
+        reset_on_close(&client);
+    }
+    if let Some(suppressed) = ctx.caps.log_gate() {
+        let more =
+            if suppressed > 0 { format!(" ({suppressed} more refused since the last line)") } else { String::new() };
+        warn!(target: "flow", "kind={} client={peer} refused: {refusal}{more}", kind.name());
+    }
+}
+
+async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy) {
+    let _active = ActiveFlow::start(&ctx.shared.stats);
     let start = Instant::now();
     let dst = match client.local_addr() {
         Ok(a) => a,
@@ -96,57 +148,37 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Context) 
         }
     };
     if kind == Kind::FtpData {
-        // A passive data connection an FTP session is waiting for.
-        if let Some(waiter) = ctx.ftp.waiters.take(&(peer.ip(), dst.ip(), dst.port())) {
-            let _ = waiter.send(client);
-            return;
-        }
+        // A passive data connection an FTP session is waiting for, or one
+        // nobody is: that one is reset, never relayed unscanned.
+        ftp::expect::arrived(client, peer, dst, &ctx.ftp);
+        return;
     }
-    let upstream = match tokio::time::timeout(ctx.config.connect_timeout.0, TcpStream::connect(dst)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return upstream_failed(&client, peer, dst, kind, ctx, start, &e.to_string()),
-        Err(_) => {
-            return upstream_failed(&client, peer, dst, kind, ctx, start, "connect timed out");
-        }
-    };
-    let counts = relay::Counts::default();
-    let scanning = ctx.http.cfg.scan_downloads || ctx.http.cfg.scan_uploads;
+    let counts = Counts::default();
     let end = match kind {
-        Kind::Http if scanning => http::serve(client, peer, dst, upstream, &ctx.http, &counts).await,
-        Kind::FtpControl if ctx.ftp.cfg.scan => ftp::serve(client, peer, dst, upstream, &ctx.ftp, &counts).await,
-        // With HTTP scanning off there is nothing to parse: relay in the kernel.
-        Kind::Http | Kind::FtpControl | Kind::FtpData => {
-            relay::relay(&client, &upstream, ctx.config.relay_pipe_size, &counts).await.to_string()
+        Kind::Http if ctx.http.cfg.scan_downloads || ctx.http.cfg.scan_uploads => {
+            http::serve(Box::new(client), peer, dst, &ctx.http, &counts).await
         }
+        _ => match ctx.shared.dialer.connect(dst).await {
+            Err(e) => {
+                ctx.shared.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+                // The client completed its handshake with us: a reset is the
+                // closest to what it would have seen from the destination.
+                reset_on_close(&client);
+                format!("upstream-failed ({e})")
+            }
+            Ok(upstream) if kind == Kind::FtpControl && ctx.ftp.cfg.scan => {
+                ftp::serve(client, peer, dst, upstream, &ctx.ftp, &counts).await
+            }
+            Ok(upstream) => relay::relay(&client, &upstream, ctx.config.relay_pipe_size, &counts).await.to_string(),
+        },
     };
     let up = counts.up.load(Ordering::Relaxed);
     let down = counts.down.load(Ordering::Relaxed);
-    ctx.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
-    ctx.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
+    ctx.shared.stats.bytes_up.fetch_add(up, Ordering::Relaxed);
+    ctx.shared.stats.bytes_down.fetch_add(down, Ordering::Relaxed);
     info!(
         target: "flow",
         "kind={} client={peer} dst={dst} up={up} down={down} duration={:.3}s end={end}",
-        kind.name(),
-        start.elapsed().as_secs_f64()
-    );
-}
-
-fn upstream_failed(
-    client: &TcpStream,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    kind: Kind,
-    ctx: &Context,
-    start: Instant,
-    why: &str,
-) {
-    ctx.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
-    // The client already completed its handshake with us: a reset is the
-    // closest to what it would have seen from the real destination.
-    relay::reset_on_close(client);
-    info!(
-        target: "flow",
-        "kind={} client={peer} dst={dst} up=0 down=0 duration={:.3}s end=upstream-failed ({why})",
         kind.name(),
         start.elapsed().as_secs_f64()
     );

@@ -48,6 +48,7 @@ pub async fn scan_file(scanner: &Arc<Scanner>, path: &Path, buf: &mut [u8]) -> F
     let (line, status) = match done.outcome.verdict {
         Verdict::Clean => (format!("{shown}: OK"), 0),
         Verdict::Infected { threats, .. } => (format!("{shown}: {} FOUND", threats.join(", ")), 1),
+        Verdict::Modified { engine, .. } => (format!("{shown}: MODIFIED by {engine}"), 1),
         Verdict::Error { kind, message } => (format!("{shown}: ERROR {} ({message})", kind.name()), 2),
     };
     FileResult { line, status, timing }

@@ -1,140 +1,80 @@
 //! The scanning core shared by the HTTP and FTP proxies.
 //!
-//! A [`Session`] is fed a body chunk by chunk as it arrives: each chunk is
-//! held in a [`Spool`] (memory, then disk), hashed, and streamed at once to
-//! the backend (clamd or ICAP) by a task of its own, so that scanning runs
-//! while the body is still being received. [`Session::finish`] returns the
-//! verdict with its figures and the held body for delivery.
+//! A [`Session`] is fed a body piece by piece as it arrives: the bytes to
+//! deliver are held in a [`Spool`] (memory, then disk), the bytes to scan
+//! (the same, or their decoded form) are hashed and streamed at once to
+//! the [`Backend`] by a task of its own, so that scanning runs while the
+//! body is still being received. Everything on the way is bounded: chunks
+//! of at most [`MAX_CHUNK`] bytes, [`QUEUE`] of them waiting per body (a
+//! full queue stops the reader: back-pressure), a body at most
+//! `max_scan_size`, and scans in flight per scanner ([`backend::Slots`]).
+//! [`Session::finish`] returns the verdict with its figures and the held
+//! body for delivery.
 
+pub mod backend;
 pub mod clamd;
 pub mod files;
 pub mod icap;
+mod meta;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use self::{
+    backend::Backend,
+    meta::{Direction, ScanMeta},
+};
+use self::{
+    clamd::{Clamd, ClamdAddr},
+    icap::{IcapClient, IcapSettings},
+};
 use crate::{
     config,
-    policy::{Policy, VerdictCache},
-    spool::{MemoryBudget, Spool, SpoolConfig},
+    decide::Decider,
+    spool::{Budget, Spool, SpoolConfig},
     verdict::{ErrorKind, Outcome, Verdict},
 };
 
-use self::{
-    clamd::{Clamd, ClamdAddr},
-    icap::{IcapClient, IcapRequest, IcapSettings, Method},
-};
+/// Largest chunk sent to a scanner at once; larger pieces are split.
+pub const MAX_CHUNK: usize = 128 * 1024;
+/// Chunks waiting for the scanner per body: with [`MAX_CHUNK`], at most
+/// 512 KiB of each body is queued in memory.
+pub const QUEUE: usize = 4;
 
-/// Which way the body travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
-    /// Server → client (RESPMOD).
-    Download,
-    /// Client → server (REQMOD).
-    Upload,
+/// A scanner could not be set up from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A clamd address does not parse.
+    #[error("scan.clamd: {0}")]
+    Clamd(#[from] clamd::AddrError),
+    /// An ICAP URL does not parse.
+    #[error("scan.icap: {0}")]
+    Icap(#[from] icap::UrlError),
+    /// The backend's list is empty.
+    #[error("scan.backend {0:?} has no address configured")]
+    Empty(&'static str),
 }
 
-/// What is known about a body besides its bytes.
-#[derive(Clone, Debug)]
-pub struct ScanMeta {
-    /// URL or file name.
-    pub name: String,
-    /// Content-Type, if any.
-    pub content_type: Option<String>,
-    /// The client.
-    pub client: Option<SocketAddr>,
-    /// The server.
-    pub server: Option<SocketAddr>,
-    /// Download or upload.
-    pub direction: Direction,
-    /// The HTTP request head, for ICAP (synthesised if absent).
-    pub http_request: Option<Vec<u8>>,
-    /// The HTTP response head, for ICAP RESPMOD (synthesised if absent).
-    pub http_response: Option<Vec<u8>>,
-}
-
-impl ScanMeta {
-    /// Metadata for a local file (`gateway scan`).
-    pub fn file(name: &str) -> ScanMeta {
-        ScanMeta {
-            name: name.to_string(),
-            content_type: None,
-            client: None,
-            server: None,
-            direction: Direction::Download,
-            http_request: None,
-            http_response: None,
-        }
-    }
-
-    fn icap_request(&self) -> IcapRequest {
-        let path: String = self.name.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect();
-        let (path, host) = match path.strip_prefix("http://") {
-            Some(rest) => {
-                let (h, p) = rest.split_once('/').unwrap_or((rest, ""));
-                (format!("/{p}"), h.to_string())
-            }
-            None => (format!("/{}", path.trim_start_matches('/')), "gateway.local".to_string()),
-        };
-        let method = match self.direction {
-            Direction::Download => Method::Respmod,
-            Direction::Upload => Method::Reqmod,
-        };
-        let req_hdr = self.http_request.clone().unwrap_or_else(|| {
-            let verb = if method == Method::Reqmod { "POST" } else { "GET" };
-            format!("{verb} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
-        });
-        let res_hdr = (method == Method::Respmod).then(|| {
-            self.http_response.clone().unwrap_or_else(|| {
-                let ct = self.content_type.as_deref().unwrap_or("application/octet-stream");
-                format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
-            })
-        });
-        IcapRequest { method, req_hdr, res_hdr, client_ip: self.client.map(|c| c.ip()), name: self.name.clone() }
-    }
-}
-
-/// Where bodies are scanned.
-pub enum Backend {
-    /// ClamAV's clamd.
-    Clamd(Clamd),
-    /// One or more ICAP services.
-    Icap(IcapClient),
-}
-
-impl Backend {
-    /// Name for logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Backend::Clamd(c) => format!("clamd at {}", c.addr()),
-            Backend::Icap(i) => format!("ICAP {}", i.urls().join(", ")),
-        }
-    }
-}
-
-/// The scanning core: backend, policy, spool settings, verdict cache.
+/// The scanning core: backend, decisions, spool settings, limits.
 pub struct Scanner {
-    backend: Backend,
-    /// The policy applied to verdicts.
-    pub policy: Policy,
-    /// Infected bodies remembered.
-    pub cache: VerdictCache,
+    backend: Box<dyn Backend>,
+    decider: Arc<Decider>,
     spool: SpoolConfig,
     max_scan_size: u64,
 }
 
-/// Body chunks waiting for the backend; bounds memory per session.
-const QUEUE: usize = 16;
-
 impl Scanner {
     /// Builds the scanner from `[scan]`.
-    pub fn new(cfg: &config::Scan) -> Result<Scanner, String> {
-        let backend = match cfg.backend {
-            config::ScanBackend::Clamd => Backend::Clamd(Clamd::new(ClamdAddr::parse(&cfg.clamd)?, cfg.io_timeout.0)),
-            config::ScanBackend::Icap => Backend::Icap(IcapClient::new(
+    pub fn new(cfg: &config::Scan, decider: Arc<Decider>) -> Result<Scanner, SetupError> {
+        let backend: Box<dyn Backend> = match cfg.backend {
+            config::ScanBackend::Clamd => {
+                let addr = cfg.clamd.first().ok_or(SetupError::Empty("clamd"))?;
+                Box::new(Clamd::new(ClamdAddr::parse(addr)?, cfg.io_timeout.0, cfg.max_scans, cfg.queue_timeout.0))
+            }
+            config::ScanBackend::Icap => Box::new(IcapClient::new(
                 &cfg.icap,
                 IcapSettings {
                     io_timeout: cfg.io_timeout.0,
@@ -142,63 +82,74 @@ impl Scanner {
                     deadline_per_mib: cfg.icap_deadline_per_mib.0,
                     failures_before_suspend: cfg.icap_failures_before_suspend,
                     suspend: cfg.icap_suspend.0,
-                    max_connections: cfg.icap_max_connections,
+                    max_connections: if cfg.max_scans > 0 {
+                        cfg.max_scans.min(cfg.icap_max_connections)
+                    } else {
+                        cfg.icap_max_connections
+                    },
                     default_options_ttl: cfg.icap_options_ttl.0,
+                    queue_timeout: cfg.queue_timeout.0,
                 },
             )?),
         };
         Ok(Scanner {
             backend,
-            policy: Policy { on_error: cfg.on_error, on_oversize: cfg.on_oversize },
-            cache: VerdictCache::new(cfg.cache_ttl.0, cfg.cache_entries),
+            decider,
             spool: SpoolConfig {
                 dir: cfg.spool_dir.clone(),
                 memory: cfg.spool_memory.0,
-                budget: MemoryBudget::new(cfg.spool_memory_total.0),
+                budget: Budget::new(cfg.spool_memory_total.0),
+                disk: Budget::new(cfg.spool_max_total.0),
             },
             max_scan_size: cfg.max_scan_size.0,
         })
     }
 
+    /// A scanner with a decider of its own (`gateway scan`, library use):
+    /// `[scan]`'s policy (undecodable bodies blocked), its verdict cache,
+    /// detection records to the log only.
+    pub fn standalone(cfg: &config::Scan) -> Result<Scanner, SetupError> {
+        let cache = crate::cache::VerdictCache::new(cfg.cache_ttl.0, cfg.cache_entries);
+        let detections = Arc::new(crate::detections::Detections::log_only());
+        let policy = cfg.policy(crate::policy::Action::Block);
+        Scanner::new(cfg, Arc::new(Decider::new(policy, cache, detections)))
+    }
+
     /// The backend.
-    pub fn backend(&self) -> &Backend {
-        &self.backend
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The decision maker.
+    pub fn decider(&self) -> &Decider {
+        &self.decider
+    }
+
+    /// Bytes held in memory and on disk by all spools now.
+    pub fn spool_usage(&self) -> (u64, u64) {
+        (self.spool.budget.used(), self.spool.disk.used())
     }
 
     /// Checks that the backend answers (PING / OPTIONS).
     pub async fn health(&self) -> Result<String, String> {
-        match &self.backend {
-            Backend::Clamd(c) => {
-                c.ping().await?;
-                c.version().await
-            }
-            Backend::Icap(i) => {
-                let (url, o) = i.options().await?;
-                Ok(format!("{url} ISTag {}", o.istag.unwrap_or_default()))
-            }
-        }
+        self.backend.health().await
     }
 
     /// Starts scanning a body; `hold` keeps it in a spool for delivery.
     pub fn start(self: &Arc<Self>, meta: ScanMeta, hold: bool) -> Session {
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
         let scanner = self.clone();
-        let icap_req = meta.icap_request();
-        let task = tokio::spawn(async move {
-            match &scanner.backend {
-                Backend::Clamd(c) => c.scan(rx).await,
-                Backend::Icap(i) => i.scan(&icap_req, rx).await,
-            }
-        });
+        let task = tokio::spawn(async move { scanner.backend.scan(&meta, rx).await });
         Session {
             scanner: self.clone(),
             tx: Some(tx),
-            task,
+            task: Some(task),
             spool: hold.then(|| Spool::new(self.spool.clone())),
-            spool_error: None,
+            early: None,
+            partial: None,
+            stopped_scanning: false,
             hasher: Sha256::new(),
-            bytes: 0,
-            oversize: false,
+            scanned: 0,
         }
     }
 }
@@ -207,12 +158,18 @@ impl Scanner {
 pub struct Session {
     scanner: Arc<Scanner>,
     tx: Option<mpsc::Sender<Bytes>>,
-    task: JoinHandle<Verdict>,
+    task: Option<JoinHandle<Verdict>>,
     spool: Option<Spool>,
-    spool_error: Option<String>,
+    /// Set when the body cannot be taken further (held past the limit, not
+    /// holdable): the verdict it ends with; the reader should stop.
+    early: Option<Verdict>,
+    /// Set when scanning ended before the body did (decoded past a limit,
+    /// undecodable): the verdict unless what was scanned is infected.
+    partial: Option<Verdict>,
+    /// Whether [`Session::scan_only_so_far`] ended the scan.
+    stopped_scanning: bool,
     hasher: Sha256,
-    bytes: u64,
-    oversize: bool,
+    scanned: u64,
 }
 
 /// A finished scan: the outcome and, if held, the body.
@@ -223,19 +180,71 @@ pub struct Finished {
     pub body: Option<Spool>,
 }
 
+/// Something that holds body bytes for early delivery (trickling).
+pub trait Held: Sync {
+    /// Copies held bytes from `offset` into `buf`; 0 when there are none.
+    fn read_held(&self, offset: u64, buf: &mut [u8]) -> usize;
+}
+
+impl Held for Spool {
+    fn read_held(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.read_at(offset, buf).unwrap_or(0)
+    }
+}
+
+impl Held for Session {
+    fn read_held(&self, offset: u64, buf: &mut [u8]) -> usize {
+        self.spool.as_ref().map_or(0, |s| s.read_held(offset, buf))
+    }
+}
+
 impl Session {
-    /// Copies held bytes from `offset` (trickling before the verdict).
-    pub fn read_held(&self, offset: u64, buf: &mut [u8]) -> usize {
-        self.spool.as_ref().and_then(|s| s.read_at(offset, buf).ok()).unwrap_or(0)
+    /// Bytes held for delivery so far.
+    pub fn held(&self) -> u64 {
+        self.spool.as_ref().map_or(0, Spool::len)
     }
 
-    /// Bytes scanned so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
+    /// Bytes given to the scanner so far.
+    pub fn scanned(&self) -> u64 {
+        self.scanned
     }
 
-    /// Feeds the next piece of the body: held and scanned as it is. Never
-    /// fails: problems become the verdict at [`Session::finish`].
+    /// The verdict this scan ends with once the body cannot be taken
+    /// further (held past `max_scan_size`, not holdable): the caller
+    /// decides at once instead of reading the rest of the body.
+    pub fn early(&self) -> Option<&Verdict> {
+        self.early.as_ref()
+    }
+
+    /// The verdict unless what is scanned turns out infected (a body whose
+    /// coding is unknown is scanned as it is, and then falls back on
+    /// "undecodable").
+    pub fn fall_back_on(&mut self, verdict: Verdict) {
+        if self.partial.is_none() {
+            self.partial = Some(verdict);
+        }
+    }
+
+    /// Ends scanning here: what was scanned so far is still judged, and
+    /// unless it is infected the verdict is `verdict` (decoding stopped
+    /// at a limit, or failed). The body may still be held to its end.
+    pub fn scan_only_so_far(&mut self, verdict: Verdict) {
+        self.fall_back_on(verdict);
+        self.tx = None;
+        self.stopped_scanning = true;
+    }
+
+    fn stop(&mut self, verdict: Verdict) {
+        if self.early.is_none() {
+            self.early = Some(verdict);
+        }
+        self.tx = None;
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    /// Feeds the next piece of the body: held and scanned as it is.
     pub async fn feed(&mut self, chunk: &[u8]) {
         self.hold(chunk);
         self.scan(Bytes::copy_from_slice(chunk)).await;
@@ -249,73 +258,93 @@ impl Session {
     }
 
     /// Holds bytes for delivery without scanning them (the encoded form of
-    /// a body whose decoded form goes to [`Session::scan`]).
+    /// a body whose decoded form goes to [`Session::scan`]). A body held
+    /// past `max_scan_size` is oversize; one that cannot be held ends the
+    /// scan with a spool error. Either way [`Session::early`] says so, and
+    /// nothing more is held.
     pub fn hold(&mut self, chunk: &[u8]) {
-        if let Some(spool) = self.spool.as_mut()
-            && let Err(e) = spool.write(chunk)
-        {
-            self.spool_error = Some(e.to_string());
+        if self.early.is_some() {
+            return;
+        }
+        let Some(spool) = self.spool.as_mut() else { return };
+        if let Err(e) = spool.write(chunk) {
             self.spool = None;
+            self.stop(Verdict::error(ErrorKind::Spool, e.to_string()));
+            return;
+        }
+        if spool.len() > self.scanner.max_scan_size {
+            let max = self.scanner.max_scan_size;
+            self.stop(Verdict::error(
+                ErrorKind::Oversize,
+                format!("body larger than scan.max_scan_size ({max} bytes)"),
+            ));
         }
     }
 
     /// Scans bytes without holding them.
     pub async fn scan(&mut self, chunk: Bytes) {
-        if chunk.is_empty() {
+        if chunk.is_empty() || self.early.is_some() || self.stopped_scanning {
             return;
         }
         self.hasher.update(&chunk);
-        self.bytes += chunk.len() as u64;
-        if self.bytes > self.scanner.max_scan_size && !self.oversize {
-            // Stop scanning; a partial stream must never yield "clean".
-            self.oversize = true;
-            self.tx = None;
-            self.task.abort();
+        self.scanned += chunk.len() as u64;
+        if self.scanned > self.scanner.max_scan_size {
+            let max = self.scanner.max_scan_size;
+            // A partial stream must never yield "clean".
+            self.stop(Verdict::error(
+                ErrorKind::Oversize,
+                format!("body larger than scan.max_scan_size ({max} bytes)"),
+            ));
+            return;
         }
-        if let Some(tx) = &self.tx
-            && tx.send(chunk).await.is_err()
-        {
-            // The backend already decided (ICAP 204 in the preview, or
-            // an error); the verdict is waiting in the task.
-            self.tx = None;
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let part = rest.split_to(rest.len().min(MAX_CHUNK));
+            let Some(tx) = &self.tx else { return };
+            if tx.send(part).await.is_err() {
+                // The backend already decided (ICAP 204 in the preview, or
+                // an error); the verdict is waiting in the task.
+                self.tx = None;
+            }
         }
     }
 
-    /// Ends the body and waits for the verdict.
-    pub async fn finish(mut self) -> Finished {
+    /// Ends the body: the verdict to wait for, and the held body (readable
+    /// meanwhile, for trickling).
+    pub fn end(mut self) -> (Pending, Option<Spool>) {
         self.tx = None;
-        let last_byte = Instant::now();
         let sha256: [u8; 32] = self.hasher.clone().finalize().into();
-        let cached = self.scanner.cache.by_hash(&sha256);
-        let (mut verdict, cached) = if let Some(v) = cached {
-            self.task.abort();
-            (v, true)
-        } else if self.oversize {
-            (
-                Verdict::error(
-                    ErrorKind::Oversize,
-                    format!("body larger than max_scan_size ({} bytes)", self.scanner.max_scan_size),
-                ),
-                false,
-            )
-        } else {
-            match (&mut self.task).await {
-                Ok(v) => (v, false),
-                Err(e) => (Verdict::error(ErrorKind::Io, format!("scan task failed: {e}")), false),
-            }
+        let ready = match self.early.take() {
+            Some(v) => Some((v, false)),
+            None => self.scanner.decider.known_body(&sha256).map(|v| (v, true)),
         };
-        if let Some(e) = self.spool_error.take()
-            && !verdict.is_infected()
+        let mut task = self.task.take();
+        if ready.is_some()
+            && let Some(t) = task.take()
         {
-            verdict = Verdict::error(ErrorKind::Spool, e);
+            t.abort();
         }
-        if !cached {
-            self.scanner.cache.remember(sha256, None, &verdict);
-        }
-        Finished {
-            outcome: Outcome { verdict, bytes: self.bytes, after_last_byte: last_byte.elapsed(), sha256, cached },
-            body: self.spool.take(),
-        }
+        let pending = Pending {
+            task,
+            ready,
+            partial: self.partial.take(),
+            sha256,
+            scanned: self.scanned,
+            last_byte: Instant::now(),
+        };
+        (pending, self.spool.take())
+    }
+
+    /// Ends the body and waits for the verdict.
+    pub async fn finish(self) -> Finished {
+        let (mut pending, body) = self.end();
+        Finished { outcome: pending.outcome().await, body }
+    }
+
+    /// Gives up scanning and returns what is held (an oversize body that
+    /// policy allows goes on unscanned from here).
+    pub fn into_held(mut self) -> Option<Spool> {
+        self.spool.take()
     }
 }
 
@@ -323,6 +352,51 @@ impl Drop for Session {
     fn drop(&mut self) {
         // A session dropped mid-body (client gone) must not leave a backend
         // connection streaming.
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// A body whose verdict is on its way.
+pub struct Pending {
+    task: Option<JoinHandle<Verdict>>,
+    ready: Option<(Verdict, bool)>,
+    partial: Option<Verdict>,
+    sha256: [u8; 32],
+    scanned: u64,
+    last_byte: Instant,
+}
+
+impl Pending {
+    /// Waits for the verdict. Cancel-safe: it can be awaited again.
+    pub async fn outcome(&mut self) -> Outcome {
+        let (verdict, cached) = match (self.ready.take(), self.task.as_mut()) {
+            (Some(ready), _) => ready,
+            (None, Some(task)) => {
+                let v = match task.await {
+                    Ok(v) => v,
+                    Err(e) => Verdict::error(ErrorKind::Io, format!("scan task failed: {e}")),
+                };
+                self.task = None;
+                (v, false)
+            }
+            (None, None) => (Verdict::error(ErrorKind::Io, "the verdict was already taken"), false),
+        };
+        let verdict = match (self.partial.take(), verdict) {
+            (Some(p), v) if !v.is_infected() => p,
+            // The service sent the very bytes it was given back.
+            (_, Verdict::Modified { body_sha256: Some(sha), .. }) if sha == self.sha256 => Verdict::Clean,
+            (_, v) => v,
+        };
+        Outcome { verdict, bytes: self.scanned, after_last_byte: self.last_byte.elapsed(), sha256: self.sha256, cached }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }

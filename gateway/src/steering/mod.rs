@@ -9,6 +9,8 @@
 //! process is killed.
 
 pub mod guard;
+pub mod iface;
+pub mod keys;
 pub mod preflight;
 pub mod routing;
 
@@ -26,6 +28,7 @@ use aya::{
 use gateway_common::{Counter, ExpectKey, ExpectValue, LpmAddr, counter, listener, steer_stat};
 use serde::Serialize;
 
+use self::keys::{expect_key, lpm_key};
 use crate::config::{self, XdpMode};
 
 /// Why steering could not be set up.
@@ -99,10 +102,6 @@ impl Expectations {
     }
 }
 
-fn expect_key(client: IpAddr, server: IpAddr, port: u16) -> ExpectKey {
-    ExpectKey { client: config::addr16(client), server: config::addr16(server), port, _pad: [0; 2] }
-}
-
 /// Kernel counters, summed over CPUs.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct KernelStats {
@@ -124,7 +123,7 @@ pub struct CounterStat {
 /// Loaded and attached programs with their maps.
 pub struct Steering {
     // Keeps programs and links alive; dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     listeners: SockMap<MapData>,
     expectations: Expectations,
     counters: Option<PerCpuArray<MapData, Counter>>,
@@ -132,19 +131,14 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Loads the programs, fills the configuration maps and attaches to
-    /// every configured interface.
-    pub fn start(cfg: &config::Steering) -> Result<Steering, SteeringError> {
+    /// Loads the programs and fills the configuration maps; nothing is
+    /// attached yet, so listeners can be registered before the first
+    /// packet is steered ([`Steering::attach`]).
+    pub fn load(cfg: &config::Steering) -> Result<Steering, SteeringError> {
         let mut ebpf = EbpfLoader::new()
             .override_global("FWMARK", &cfg.fwmark, true)
             .load(EBPF_OBJECT)
             .map_err(SteeringError::Load)?;
-
-        let map_err = |what: &str| {
-            let what = what.to_string();
-            move |source| SteeringError::Map { what, source }
-        };
-
         {
             let mut ports: HashMap<_, u16, u32> =
                 HashMap::try_from(ebpf.map_mut("STEER_PORTS").ok_or(SteeringError::Missing("STEER_PORTS map"))?)
@@ -156,80 +150,61 @@ impl Steering {
                 ports.insert(p, listener::FTP_CONTROL, 0).map_err(map_err("adding an FTP port"))?;
             }
         }
-        fill_trie(&mut ebpf, "BYPASS", &cfg.bypass)?;
+        let bypass: Vec<ipnet::IpNet> = cfg.bypass.iter().map(|b| b.prefix).collect();
+        fill_trie(&mut ebpf, "BYPASS", &bypass)?;
         fill_trie(&mut ebpf, "BLOCK", &cfg.block)?;
-
-        let tc: &mut SchedClassifier = ebpf
-            .program_mut("steer")
-            .ok_or(SteeringError::Missing("steer program"))?
-            .try_into()
-            .map_err(|source| SteeringError::Program { what: "finding the TC program".into(), source })?;
-        tc.load().map_err(|source| SteeringError::Program { what: "loading the TC program".into(), source })?;
-        for iface in &cfg.interfaces {
-            tc.attach(iface, TcAttachType::Ingress).map_err(|source| SteeringError::Program {
-                what: format!("attaching the TC program to {iface}"),
-                source,
-            })?;
-        }
-
-        // sk_lookup belongs to the network namespace the gateway runs in.
-        let netns = std::fs::File::open("/proc/self/ns/net").map_err(SteeringError::Netns)?;
-        let lookup: &mut SkLookup = ebpf
-            .program_mut("reuse")
-            .ok_or(SteeringError::Missing("reuse program"))?
-            .try_into()
-            .map_err(|source| SteeringError::Program { what: "finding the sk_lookup program".into(), source })?;
-        lookup
-            .load()
-            .map_err(|source| SteeringError::Program { what: "loading the sk_lookup program".into(), source })?;
-        lookup
-            .attach(netns)
-            .map_err(|source| SteeringError::Program { what: "attaching the sk_lookup program".into(), source })?;
-
+        let tc: &mut SchedClassifier = program(&mut ebpf, "steer")?;
+        tc.load().map_err(prog_err("loading the TC program"))?;
+        let lookup: &mut SkLookup = program(&mut ebpf, "reuse")?;
+        lookup.load().map_err(prog_err("loading the sk_lookup program"))?;
         let xdp_on = cfg.xdp_mode != XdpMode::Off;
         if xdp_on {
-            let mode = match cfg.xdp_mode {
-                XdpMode::Native => AyaXdpMode::Driver,
-                _ => AyaXdpMode::Skb,
-            };
-            let xdp: &mut Xdp = ebpf
-                .program_mut("filter")
-                .ok_or(SteeringError::Missing("filter program"))?
-                .try_into()
-                .map_err(|source| SteeringError::Program { what: "finding the XDP program".into(), source })?;
-            xdp.load().map_err(|source| SteeringError::Program { what: "loading the XDP program".into(), source })?;
-            for iface in &cfg.interfaces {
-                xdp.attach(iface, mode).map_err(|source| SteeringError::Program {
-                    what: format!("attaching the XDP program to {iface}"),
-                    source,
-                })?;
-            }
+            let xdp: &mut Xdp = program(&mut ebpf, "filter")?;
+            xdp.load().map_err(prog_err("loading the XDP program"))?;
         }
-
         let listeners = SockMap::try_from(ebpf.take_map("LISTENERS").ok_or(SteeringError::Missing("LISTENERS map"))?)
             .map_err(map_err("opening LISTENERS"))?;
         let expectations =
             HashMap::try_from(ebpf.take_map("EXPECTATIONS").ok_or(SteeringError::Missing("EXPECTATIONS map"))?)
                 .map_err(map_err("opening EXPECTATIONS"))?;
         let counters = if xdp_on {
-            Some(
-                PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(SteeringError::Missing("COUNTERS map"))?)
-                    .map_err(map_err("opening COUNTERS"))?,
-            )
+            let m = ebpf.take_map("COUNTERS").ok_or(SteeringError::Missing("COUNTERS map"))?;
+            Some(PerCpuArray::try_from(m).map_err(map_err("opening COUNTERS"))?)
         } else {
             None
         };
         let steer_stats =
             PerCpuArray::try_from(ebpf.take_map("STEER_STATS").ok_or(SteeringError::Missing("STEER_STATS map"))?)
                 .map_err(map_err("opening STEER_STATS"))?;
-
         Ok(Steering {
-            _ebpf: ebpf,
+            ebpf,
             listeners,
             expectations: Expectations { map: Arc::new(Mutex::new(expectations)) },
             counters,
             steer_stats,
         })
+    }
+
+    /// Attaches the programs: TC and XDP to every configured interface,
+    /// sk_lookup to this network namespace.
+    pub fn attach(&mut self, cfg: &config::Steering) -> Result<(), SteeringError> {
+        let tc: &mut SchedClassifier = program(&mut self.ebpf, "steer")?;
+        for iface in &cfg.interfaces {
+            tc.attach(iface, TcAttachType::Ingress)
+                .map_err(prog_err(&format!("attaching the TC program to {iface}")))?;
+        }
+        // sk_lookup belongs to the network namespace the gateway runs in.
+        let netns = std::fs::File::open("/proc/self/ns/net").map_err(SteeringError::Netns)?;
+        let lookup: &mut SkLookup = program(&mut self.ebpf, "reuse")?;
+        lookup.attach(netns).map_err(prog_err("attaching the sk_lookup program"))?;
+        if cfg.xdp_mode != XdpMode::Off {
+            let mode = if cfg.xdp_mode == XdpMode::Native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
+            let xdp: &mut Xdp = program(&mut self.ebpf, "filter")?;
+            for iface in &cfg.interfaces {
+                xdp.attach(iface, mode).map_err(prog_err(&format!("attaching the XDP program to {iface}")))?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes `socket` the target for new flows of `kind` in its family.
@@ -276,22 +251,35 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> CounterStat {
     s
 }
 
+fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> SteeringError {
+    let what = what.to_string();
+    move |source| SteeringError::Map { what, source }
+}
+
+fn prog_err(what: &str) -> impl FnOnce(aya::programs::ProgramError) -> SteeringError {
+    let what = what.to_string();
+    move |source| SteeringError::Program { what, source }
+}
+
+/// The program `name` of the object, as its type.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, SteeringError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(SteeringError::Missing(name))?
+        .try_into()
+        .map_err(prog_err(&format!("finding the {name} program")))
+}
+
 fn fill_trie(ebpf: &mut Ebpf, name: &'static str, nets: &[ipnet::IpNet]) -> Result<(), SteeringError> {
     let map = ebpf.map_mut(name).ok_or(SteeringError::Missing(name))?;
     let mut trie: LpmTrie<_, LpmAddr, u8> =
         LpmTrie::try_from(map).map_err(|source| SteeringError::Map { what: format!("opening {name}"), source })?;
     for net in nets {
-        let (addr, len) = config::lpm_key(net);
+        let (addr, len) = lpm_key(net);
         trie.insert(&Key::new(len, addr), 1, 0)
             .map_err(|source| SteeringError::Map { what: format!("adding {net} to {name}"), source })?;
     }
     Ok(())
-}
-
-/// The index of interface `name`, if it exists in this network namespace.
-pub fn if_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
 }

@@ -1,83 +1,28 @@
-//! FTP data connections: who is waiting for which connection, and the
-//! transfers themselves (downloads and uploads scanned with trickling,
-//! listings relayed).
+//! Moving one file over a data connection: scanned with trickling (for
+//! every `trickle_every` received, `trickle_bytes` go on before the
+//! verdict), or relayed (listings). The verdict goes through the shared
+//! decision ([`crate::decide`]); the control session acts on the outcome.
+//!
+//! In ASCII mode (`TYPE A`) the wire carries CRLF line ends that a Unix
+//! receiver stores as LF, and a signature may match one form and not the
+//! other; both forms are scanned.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
-    sync::oneshot,
 };
 
 use crate::{
-    policy::Decision,
+    decide::{BlockClass, Decision, Subject},
+    net::reset_on_close,
     proxy::relay,
-    scan::{Direction, ScanMeta, Scanner},
-    steering::Expectations,
-    verdict::Verdict,
+    scan::{ScanMeta, Scanner, Session},
+    spool::send_held,
+    verdict::{Outcome as ScanOutcome, Verdict},
 };
-
-/// (client, server, server port) of an expected passive data connection.
-pub type Key = (IpAddr, IpAddr, u16);
-
-/// Control sessions waiting for a passive data connection from their client.
-#[derive(Default)]
-pub struct DataWaiters {
-    map: Mutex<HashMap<Key, oneshot::Sender<TcpStream>>>,
-}
-
-impl DataWaiters {
-    /// Waits for the connection `key`.
-    pub fn register(&self, key: Key) -> oneshot::Receiver<TcpStream> {
-        let (tx, rx) = oneshot::channel();
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, tx);
-        rx
-    }
-
-    /// The waiter for `key`, removing it.
-    pub fn take(&self, key: &Key) -> Option<oneshot::Sender<TcpStream>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(key)
-    }
-}
-
-/// An expected passive connection: eBPF entry and waiter, both removed when
-/// this is dropped (after the transfer, on ABOR, on error, at session end).
-pub struct Expected {
-    key: Key,
-    expectations: Expectations,
-    waiters: Arc<DataWaiters>,
-}
-
-impl Expected {
-    /// Adds the eBPF entry and the waiter.
-    pub fn new(
-        key: Key,
-        expectations: Expectations,
-        waiters: Arc<DataWaiters>,
-    ) -> Result<(Expected, oneshot::Receiver<TcpStream>), String> {
-        let rx = waiters.register(key);
-        if let Err(e) = expectations.add(key.0, key.1, key.2, gateway_common::listener::FTP_DATA) {
-            waiters.take(&key);
-            return Err(e.to_string());
-        }
-        Ok((Expected { key, expectations, waiters }, rx))
-    }
-}
-
-impl Drop for Expected {
-    fn drop(&mut self) {
-        self.waiters.take(&self.key);
-        if let Err(e) = self.expectations.remove(self.key.0, self.key.1, self.key.2) {
-            log::warn!("removing the FTP data expectation {:?}: {e}", self.key);
-        }
-    }
-}
 
 /// How a transfer ended, for the control session's reply.
 #[derive(Debug)]
@@ -86,28 +31,23 @@ pub enum Outcome {
     Delivered {
         /// Bytes.
         bytes: u64,
-        /// Scan verdict name.
-        verdict: String,
+        /// The decision's note (`clean`, `unscanned (…) …`).
+        note: String,
         /// Bytes that went on before the verdict.
         trickled: u64,
     },
-    /// Malware found; the receiver's connection was closed after the trickle.
-    Infected {
-        /// Threat names.
+    /// Refused; the receiver's connection was closed after the trickle.
+    Blocked {
+        /// Why.
+        reason: String,
+        /// Infected, policy or scanner trouble.
+        class: BlockClass,
+        /// Threat names, if infected.
         threats: Vec<String>,
         /// Bytes sent before the verdict.
         trickled: u64,
         /// Bytes seen.
         bytes: u64,
-        /// Engine.
-        engine: String,
-    },
-    /// Not scannable and blocked by policy; the receiver's connection was closed after the trickle.
-    Blocked {
-        /// Why.
-        reason: String,
-        /// Bytes sent before the verdict.
-        trickled: u64,
     },
     /// The data connection failed or never came.
     Failed(String),
@@ -122,6 +62,44 @@ pub struct Trickle {
     pub bytes: u64,
 }
 
+/// One file to scan on its way.
+pub struct Scanned {
+    /// The scanner.
+    pub scanner: Arc<Scanner>,
+    /// The decision's subject.
+    pub subject: Subject,
+    /// The scan metadata.
+    pub meta: ScanMeta,
+    /// `TYPE A` in force.
+    pub ascii: bool,
+    /// Trickling.
+    pub trickle: Trickle,
+    /// Bound on each stall of either connection.
+    pub stall: Duration,
+}
+
+/// CRLF → LF across piece boundaries (what a Unix receiver stores).
+#[derive(Default)]
+struct Unix {
+    cr: bool,
+}
+
+impl Unix {
+    fn convert(&mut self, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(data.len() + 1);
+        for &b in data {
+            if self.cr && b != b'\n' {
+                out.push(b'\r');
+            }
+            self.cr = b == b'\r';
+            if !self.cr {
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
 /// Moves one file from `from` to `to`, scanning it; `to` gets the trickle
 /// before the verdict and the rest after a clean one. A blocked file's
 /// receiving connection is closed after the trickle, not reset: a client
@@ -130,78 +108,119 @@ pub struct Trickle {
 /// connection sends no final reply at all, leaving the session hanging.
 /// The server therefore stores the trickled fragment as if complete, and
 /// the control session deletes it.
-pub async fn scanned(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    scanner: Arc<Scanner>,
-    meta: ScanMeta,
-    trickle: Trickle,
-    stall: Duration,
-) -> Outcome {
-    let mut session = scanner.start(meta, true);
+pub async fn scanned(mut from: TcpStream, mut to: TcpStream, s: Scanned) -> Outcome {
+    let mut session = s.scanner.start(s.meta.clone(), true);
+    let mut unix = s.ascii.then(|| (s.scanner.start(s.meta.clone(), false), Unix::default()));
     let mut buf = vec![0u8; 256 * 1024];
     let mut sent: u64 = 0;
+    let mut received: u64 = 0;
     loop {
-        let n = match tokio::time::timeout(stall, from.read(&mut buf)).await {
+        let n = match tokio::time::timeout(s.stall, from.read(&mut buf)).await {
             Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                relay::reset_on_close(&to);
-                return Outcome::Failed(format!("reading the data connection: {e}"));
-            }
-            Err(_) => {
-                relay::reset_on_close(&to);
-                return Outcome::Failed("the data connection stalled".into());
-            }
+            Ok(Err(e)) => return failed(&to, format!("reading the data connection: {e}")),
+            Err(_) => return failed(&to, "the data connection stalled".into()),
         };
         if n == 0 {
             break;
         }
+        received += n as u64;
         session.feed(&buf[..n]).await;
-        // Every `every` bytes received earn `bytes` of early delivery.
-        let allowed = session.bytes().checked_div(trickle.every).map_or(0, |w| w * trickle.bytes);
-        while sent < allowed {
-            let want = ((allowed - sent) as usize).min(buf.len());
-            let got = session.read_held(sent, &mut buf[..want]);
-            if got == 0 {
-                break;
-            }
-            if to.write_all(&buf[..got]).await.is_err() {
-                return Outcome::Failed("the receiver went away".into());
-            }
-            sent += got as u64;
+        if let Some((lf, conv)) = unix.as_mut() {
+            lf.scan(Bytes::from(conv.convert(&buf[..n]))).await;
+        }
+        if let Some(v) = session.early().cloned() {
+            return stopped(from, to, session, &s, v, sent).await;
+        }
+        if let Err(why) = trickle(&mut to, &session, received, s.trickle, &mut sent, &mut buf).await {
+            return Outcome::Failed(why);
         }
     }
     let done = session.finish().await;
-    let bytes = done.outcome.bytes;
-    match scanner.policy.decide(&done.outcome.verdict) {
-        Decision::Pass => {
-            let Some(held) = done.body else {
-                relay::reset_on_close(&to);
-                return Outcome::Failed("the file could not be held".into());
-            };
-            if let Err(e) = relay::send_held(&to, &held, sent, stall).await {
-                relay::reset_on_close(&to);
-                return Outcome::Failed(format!("delivering the file: {e}"));
+    let mut outcome = done.outcome;
+    if let Some((lf, _)) = unix {
+        outcome = worse(outcome, lf.finish().await.outcome);
+    }
+    let decision = s.scanner.decider().decide(&s.subject, &outcome, sent);
+    match (decision, done.body) {
+        (Decision::Pass { note }, Some(held)) => {
+            if let Err(e) = send_held(&mut to, &held, sent, s.stall).await {
+                return failed(&to, format!("delivering the file: {e}"));
             }
             let _ = to.shutdown().await;
-            let verdict = match &done.outcome.verdict {
-                Verdict::Clean => "clean".to_string(),
-                Verdict::Error { kind, .. } => format!("unscanned ({}), allowed by policy", kind.name()),
-                Verdict::Infected { .. } => "infected, allowed".to_string(),
-            };
-            Outcome::Delivered { bytes: held.len(), verdict, trickled: sent }
+            Outcome::Delivered { bytes: held.len(), note, trickled: sent }
         }
-        Decision::Block(reason) => {
+        (Decision::Pass { .. }, None) => failed(&to, "the file could not be held".into()),
+        (Decision::Block { reason, class, threats, .. }, _) => {
             let _ = to.shutdown().await;
-            drop(to);
-            match done.outcome.verdict {
-                Verdict::Infected { threats, engine, .. } => {
-                    Outcome::Infected { threats, trickled: sent, bytes, engine }
-                }
-                _ => Outcome::Blocked { reason, trickled: sent },
-            }
+            Outcome::Blocked { reason, class, threats, trickled: sent, bytes: outcome.bytes }
         }
     }
+}
+
+/// The receiver's due trickle: `bytes` for every `every` received.
+async fn trickle(
+    to: &mut TcpStream,
+    session: &Session,
+    received: u64,
+    t: Trickle,
+    sent: &mut u64,
+    buf: &mut [u8],
+) -> Result<(), String> {
+    use crate::scan::Held as _;
+    let allowed = received.checked_div(t.every).map_or(0, |w| w * t.bytes);
+    while *sent < allowed {
+        let want = ((allowed - *sent) as usize).min(buf.len());
+        let got = session.read_held(*sent, &mut buf[..want]);
+        if got == 0 {
+            break;
+        }
+        if to.write_all(&buf[..got]).await.is_err() {
+            return Err("the receiver went away".into());
+        }
+        *sent += got as u64;
+    }
+    Ok(())
+}
+
+/// The scan cannot take the file further (too large, not holdable): the
+/// decision comes now. Allowed → what is held, then the rest unscanned.
+async fn stopped(from: TcpStream, mut to: TcpStream, session: Session, s: &Scanned, v: Verdict, sent: u64) -> Outcome {
+    let outcome = ScanOutcome::early(v, session.scanned(), false);
+    let decision = s.scanner.decider().decide(&s.subject, &outcome, sent);
+    let held = session.into_held();
+    match (decision, held) {
+        (Decision::Pass { note }, Some(held)) => {
+            if let Err(e) = send_held(&mut to, &held, sent, s.stall).await {
+                return failed(&to, format!("delivering the file: {e}"));
+            }
+            let counts = relay::Counts::default();
+            let end = relay::relay(&from, &to, 1 << 20, &counts).await;
+            let bytes = held.len() + counts.up.load(std::sync::atomic::Ordering::Relaxed);
+            Outcome::Delivered { bytes, note: format!("{note}, relayed ({end})"), trickled: sent }
+        }
+        (Decision::Pass { .. }, None) => failed(&to, "the file could not be held".into()),
+        (Decision::Block { reason, class, threats, .. }, _) => {
+            let _ = to.shutdown().await;
+            Outcome::Blocked { reason, class, threats, trickled: sent, bytes: outcome.bytes }
+        }
+    }
+}
+
+/// The worse of two scans of the same file: infected beats error beats
+/// clean.
+fn worse(a: ScanOutcome, b: ScanOutcome) -> ScanOutcome {
+    let rank = |v: &Verdict| match v {
+        Verdict::Infected { .. } => 3,
+        Verdict::Modified { .. } => 2,
+        Verdict::Error { .. } => 1,
+        Verdict::Clean => 0,
+    };
+    if rank(&b.verdict) > rank(&a.verdict) { ScanOutcome { verdict: b.verdict, ..a } } else { a }
+}
+
+fn failed(to: &TcpStream, why: String) -> Outcome {
+    reset_on_close(to);
+    Outcome::Failed(why)
 }
 
 /// Relays a listing (or anything not scanned) byte for byte.
@@ -210,27 +229,19 @@ pub async fn relayed(from: TcpStream, to: TcpStream) -> Outcome {
     let end = relay::relay(&from, &to, 1 << 20, &counts).await;
     let bytes =
         counts.up.load(std::sync::atomic::Ordering::Relaxed) + counts.down.load(std::sync::atomic::Ordering::Relaxed);
-    Outcome::Delivered { bytes, verdict: format!("unscanned ({end})"), trickled: 0 }
+    Outcome::Delivered { bytes, note: format!("unscanned ({end})"), trickled: 0 }
 }
 
-/// Connects to `addr`, bounded by `wait`.
-pub async fn connect(addr: SocketAddr, wait: Duration) -> Result<TcpStream, String> {
-    match tokio::time::timeout(wait, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
-        Err(_) => Err(format!("connecting to {addr} timed out")),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Metadata for a scanned FTP file.
-pub fn meta(name: &str, client: SocketAddr, server: SocketAddr, direction: Direction) -> ScanMeta {
-    ScanMeta {
-        name: name.to_string(),
-        content_type: None,
-        client: Some(client),
-        server: Some(server),
-        direction,
-        http_request: None,
-        http_response: None,
+    #[test]
+    fn crlf_becomes_lf_across_pieces() {
+        let mut u = Unix::default();
+        let mut out = u.convert(b"a\r\nb\r");
+        out.extend(u.convert(b"\nc\rd\r"));
+        out.extend(u.convert(b"e"));
+        assert_eq!(out, b"a\nb\nc\rd\re");
     }
 }

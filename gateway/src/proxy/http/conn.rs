@@ -1,15 +1,13 @@
-//! A TCP connection with a read buffer: heads are read up to their end,
-//! bodies are taken from what is buffered first.
+//! A connection with a read buffer: heads are read up to their end, bodies
+//! are taken from what is buffered first. The buffer is allocated on first
+//! use and grows only as far as a head needs, so an idle keep-alive
+//! connection costs next to nothing.
 
 use std::time::Duration;
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::{io::AsyncReadExt as _, net::TcpStream, time::timeout};
 
-use super::head::head_end;
+use crate::{spool, transport::Transport, wire::HeadScan};
 
 /// Reading a head failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,18 +30,26 @@ pub enum ReadError {
     Io(#[from] std::io::Error),
 }
 
+/// Room made in the buffer for each read.
+const READ_ROOM: usize = 16 * 1024;
+
 /// A buffered connection.
 pub struct Conn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The stream.
+    pub io: Box<dyn Transport>,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl Conn {
-    /// Wraps a socket.
-    pub fn new(stream: TcpStream) -> Conn {
-        Conn { stream, buf: Vec::with_capacity(64 * 1024), pos: 0 }
+    /// Wraps a stream.
+    pub fn new(io: Box<dyn Transport>) -> Conn {
+        Conn { io, buf: Vec::new(), pos: 0 }
+    }
+
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        self.io.tcp()
     }
 
     /// Bytes buffered but not consumed.
@@ -54,26 +60,22 @@ impl Conn {
     /// Marks `n` buffered bytes as consumed.
     pub fn consume(&mut self, n: usize) {
         self.pos += n;
-        if self.pos == self.buf.len() {
+        if self.pos >= self.buf.len() {
             self.buf.clear();
             self.pos = 0;
         }
     }
 
-    /// Reads more from the socket into the buffer; `Ok(0)` at EOF.
+    /// Reads more from the stream into the buffer; `Ok(0)` at EOF.
     /// Cancel-safe: nothing changes unless the read completed.
     pub async fn fill(&mut self, wait: Duration) -> Result<usize, ReadError> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            // Compact before growing: consumed bytes are dead.
+        if self.buf.capacity() - self.buf.len() < READ_ROOM {
+            // Consumed bytes are dead: drop them before growing.
             self.buf.drain(..self.pos);
             self.pos = 0;
-            self.buf.reserve(64 * 1024);
+            self.buf.reserve(READ_ROOM);
         }
-        match timeout(wait, self.stream.read_buf(&mut self.buf)).await {
+        match timeout(wait, self.io.read_buf(&mut self.buf)).await {
             Ok(Ok(n)) => Ok(n),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(ReadError::Timeout),
@@ -86,7 +88,7 @@ impl Conn {
     pub async fn read_piece(&mut self, max: usize, wait: Duration) -> Result<Vec<u8>, ReadError> {
         debug_assert!(self.buffered().is_empty());
         let mut piece = Vec::with_capacity(max);
-        match timeout(wait, self.stream.read_buf(&mut piece)).await {
+        match timeout(wait, self.io.read_buf(&mut piece)).await {
             Ok(Ok(n)) => {
                 // Keep queued pieces near their size: they wait for the scanner.
                 if n < max / 2 {
@@ -99,25 +101,23 @@ impl Conn {
         }
     }
 
-    /// Reads one head. `Ok(None)`: the peer closed cleanly before sending
-    /// anything (end of a keep-alive connection).
+    /// Reads one head of at most `max` bytes within `wait`. `Ok(None)`: the
+    /// peer closed cleanly before sending anything (end of a keep-alive
+    /// connection). Each byte is examined once however the head arrives.
     pub async fn read_head(&mut self, max: usize, wait: Duration) -> Result<Option<Vec<u8>>, ReadError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut scan = HeadScan::default();
         loop {
-            if let Some(end) = head_end(self.buffered()) {
-                if end > max {
-                    return Err(ReadError::TooLarge(max));
+            match scan.find(self.buffered()) {
+                Ok(Some(end)) if end <= max => {
+                    let head = self.buffered()[..end].to_vec();
+                    self.consume(end);
+                    return Ok(Some(head));
                 }
-                let head = self.buffered()[..end].to_vec();
-                self.consume(end);
-                return Ok(Some(head));
-            }
-            if self.buffered().len() > max {
-                return Err(ReadError::TooLarge(max));
-            }
-            let b = self.buffered();
-            if b.iter().enumerate().any(|(i, &c)| c == b'\n' && (i == 0 || b[i - 1] != b'\r')) {
-                return Err(ReadError::BareLf);
+                Ok(Some(_)) => return Err(ReadError::TooLarge(max)),
+                Ok(None) if self.buffered().len() > max => return Err(ReadError::TooLarge(max)),
+                Ok(None) => {}
+                Err(_) => return Err(ReadError::BareLf),
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if self.fill(left).await? == 0 {
@@ -126,11 +126,8 @@ impl Conn {
         }
     }
 
-    /// Writes all of `data`.
+    /// Writes all of `data`, each write bounded by `wait`.
     pub async fn write_all(&mut self, data: &[u8], wait: Duration) -> std::io::Result<()> {
-        match timeout(wait, self.stream.write_all(data)).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        spool::send::write_all(self.io.as_mut(), data, wait).await
     }
 }

@@ -77,11 +77,6 @@ fn check_lines(head: &[u8]) -> Result<(), HeadError> {
     Ok(())
 }
 
-/// Where the head ends in `buf` (after CRLF CRLF), if it is complete.
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
 fn collect(headers: &[httparse::Header<'_>]) -> Vec<(String, Vec<u8>)> {
     headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect()
 }
@@ -267,13 +262,20 @@ impl Head {
 
     /// `http://host/target` for logs, block pages and ICAP.
     pub fn url(&self, fallback_host: &str) -> String {
-        if self.target.starts_with("http://") {
+        if self.target.starts_with("http://") || self.target.starts_with("https://") {
             return self.target.clone();
         }
         let host = self.get("host").filter(|h| !h.is_empty()).unwrap_or(fallback_host);
         let mut u = String::with_capacity(host.len() + self.target.len() + 7);
         let _ = write!(u, "http://{host}{}", self.target);
         u
+    }
+
+    /// ETag and Last-Modified as one string (`etag|last-modified`), empty
+    /// when the response has neither.
+    pub fn validators(&self) -> String {
+        let (etag, lm) = (self.get("etag").unwrap_or(""), self.get("last-modified").unwrap_or(""));
+        if etag.is_empty() && lm.is_empty() { String::new() } else { format!("{etag}|{lm}") }
     }
 }
 

@@ -13,6 +13,12 @@
 //! to a small pool; one that clamd closed meanwhile (its `IdleTimeout`) is
 //! noticed before use, and if it fails anyway before any answer, the scan is
 //! replayed on a fresh connection from the chunks kept for that purpose.
+//!
+//! Scans in flight are bounded ([`Slots`]): by `scan.max_scans`, or by
+//! default twice clamd's own `MaxThreads` (asked with STATS), so that
+//! clamd's queue stays fed but its accept backlog never overflows. A
+//! connect that still meets a full backlog (EAGAIN) is retried within the
+//! I/O timeout instead of failing the scan.
 
 mod conn;
 mod instream;
@@ -23,11 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use clamav_client::tokio::{Socket, Tcp};
 use tokio::{
-    net::{TcpStream, UnixStream},
-    sync::mpsc,
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::UnixStream,
     time::timeout,
 };
 
@@ -35,7 +40,22 @@ use self::{
     conn::Conn,
     instream::{Attempt, Kept, instream},
 };
+use super::{
+    ScanMeta,
+    backend::{Backend, Body, BoxFuture, Slots},
+};
 use crate::verdict::{ErrorKind, Verdict};
+
+/// A clamd address that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddrError {
+    /// `tcp:` without a port.
+    #[error("clamd address {0:?} needs a port: tcp:HOST:PORT")]
+    NoPort(String),
+    /// Neither `unix:` nor `tcp:` nor a path.
+    #[error("clamd address {0:?} must start with unix: or tcp:")]
+    Scheme(String),
+}
 
 /// Where clamd listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,19 +68,19 @@ pub enum ClamdAddr {
 
 impl ClamdAddr {
     /// Parses `unix:PATH` or `tcp:HOST:PORT` (a bare path means unix).
-    pub fn parse(s: &str) -> Result<ClamdAddr, String> {
+    pub fn parse(s: &str) -> Result<ClamdAddr, AddrError> {
         if let Some(p) = s.strip_prefix("unix:") {
             Ok(ClamdAddr::Unix(p.into()))
         } else if let Some(a) = s.strip_prefix("tcp:") {
             if a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
                 Ok(ClamdAddr::Tcp(a.into()))
             } else {
-                Err(format!("clamd address {s:?} needs a port: tcp:HOST:PORT"))
+                Err(AddrError::NoPort(s.into()))
             }
         } else if s.starts_with('/') {
             Ok(ClamdAddr::Unix(s.into()))
         } else {
-            Err(format!("clamd address {s:?} must start with unix: or tcp:"))
+            Err(AddrError::Scheme(s.into()))
         }
     }
 }
@@ -79,18 +99,31 @@ const POOL: usize = 32;
 /// A session idle longer than this is closed rather than used: clamd's
 /// `IdleTimeout` (30 s by default) may be about to close it.
 const MAX_IDLE: Duration = Duration::from_secs(10);
+/// Slots when clamd does not say its MaxThreads (its own default is 10).
+const FALLBACK_SLOTS: usize = 10;
+
 /// A clamd backend.
 #[derive(Clone, Debug)]
 pub struct Clamd {
     addr: ClamdAddr,
     io_timeout: Duration,
     idle: Arc<Mutex<Vec<(Conn, Instant)>>>,
+    /// `scan.max_scans` (0: from clamd's MaxThreads).
+    max_scans: usize,
+    slots: Arc<Slots>,
 }
 
 impl Clamd {
-    /// A backend for `addr`; `io_timeout` bounds each connect, read and write.
-    pub fn new(addr: ClamdAddr, io_timeout: Duration) -> Clamd {
-        Clamd { addr, io_timeout, idle: Arc::default() }
+    /// A backend for `addr`; `io_timeout` bounds each connect, read and
+    /// write; at most `max_scans` in flight (0: twice clamd's MaxThreads),
+    /// waiting up to `queue_timeout` for a slot.
+    pub fn new(addr: ClamdAddr, io_timeout: Duration, max_scans: usize, queue_timeout: Duration) -> Clamd {
+        Clamd { addr, io_timeout, idle: Arc::default(), max_scans, slots: Arc::new(Slots::new(queue_timeout)) }
+    }
+
+    /// Slots in total and in use.
+    pub fn slots(&self) -> Option<(usize, usize)> {
+        self.slots.usage()
     }
 
     /// The address.
@@ -122,9 +155,38 @@ impl Clamd {
         Ok(String::from_utf8_lossy(&reply).trim_end_matches(['\0', '\n']).to_string())
     }
 
+    /// clamd's MaxThreads, from STATS (`THREADS: live 1  idle 0 max 4 …`).
+    pub async fn max_threads(&self) -> Option<usize> {
+        let mut conn = self.connect().await.ok()?;
+        timeout(self.io_timeout, conn.write_all(b"zSTATS\0")).await.ok()?.ok()?;
+        let mut reply = Vec::new();
+        timeout(self.io_timeout, conn.read_to_end(&mut reply)).await.ok()?.ok()?;
+        parse_max_threads(&String::from_utf8_lossy(&reply))
+    }
+
+    async fn slot_count(&self) -> usize {
+        if self.max_scans > 0 {
+            return self.max_scans;
+        }
+        match self.max_threads().await {
+            Some(n) => n * 2,
+            None => {
+                tracing::warn!(
+                    "clamd at {} did not tell its MaxThreads; scanning {FALLBACK_SLOTS} bodies at a time",
+                    self.addr
+                );
+                FALLBACK_SLOTS
+            }
+        }
+    }
+
     /// Streams the chunks from `body` to clamd as they come and returns its
     /// verdict once `body` closes.
-    pub async fn scan(&self, mut body: mpsc::Receiver<Bytes>) -> Verdict {
+    pub async fn scan_body(&self, mut body: Body) -> Verdict {
+        let _slot = match self.slots.acquire(|| self.slot_count()).await {
+            Ok(s) => s,
+            Err(v) => return v,
+        };
         let mut kept = Kept::default();
         loop {
             let (mut conn, reused) = match self.take_idle() {
@@ -143,31 +205,42 @@ impl Clamd {
                 }
                 // A pooled session clamd dropped just now: replay if we can.
                 Attempt::Unanswered(_) if reused && kept.replayable() => {
-                    log::debug!("clamd session at {} was closed; scanning again on a new connection", self.addr);
+                    tracing::debug!("clamd session at {} was closed; scanning again on a new connection", self.addr);
                 }
                 Attempt::Unanswered(verdict) => return verdict,
             }
         }
     }
 
+    /// Connects; a full accept backlog (EAGAIN on a Unix socket) is a busy
+    /// clamd, not a dead one: retried until the I/O timeout.
     async fn connect(&self) -> Result<Conn, Verdict> {
-        let t = self.io_timeout;
-        let r = match &self.addr {
-            ClamdAddr::Unix(p) => timeout(t, UnixStream::connect(p)).await.map(|r| r.map(Conn::Unix)),
-            ClamdAddr::Tcp(a) => timeout(t, TcpStream::connect(a.as_str())).await.map(|r| {
-                r.map(|s| {
-                    let _ = s.set_nodelay(true);
-                    Conn::Tcp(s)
-                })
-            }),
-        };
-        match r {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => {
-                Err(Verdict::error(ErrorKind::Unavailable, format!("clamd at {} is unreachable: {e}", self.addr)))
-            }
-            Err(_) => {
-                Err(Verdict::error(ErrorKind::Timeout, format!("connecting to clamd at {} timed out", self.addr)))
+        let deadline = tokio::time::Instant::now() + self.io_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let r = match &self.addr {
+                ClamdAddr::Unix(p) => timeout(left, UnixStream::connect(p)).await.map(|r| r.map(Conn::Unix)),
+                ClamdAddr::Tcp(a) => {
+                    timeout(left, crate::net::connect_timeout(a, left)).await.map(|r| r.map(Conn::Tcp))
+                }
+            };
+            match r {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock && !left.is_zero() => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Ok(Err(e)) => {
+                    return Err(Verdict::error(
+                        ErrorKind::Unavailable,
+                        format!("clamd at {} is unreachable: {e}", self.addr),
+                    ));
+                }
+                Err(_) => {
+                    return Err(Verdict::error(
+                        ErrorKind::Timeout,
+                        format!("connecting to clamd at {} timed out", self.addr),
+                    ));
+                }
             }
         }
     }
@@ -190,9 +263,37 @@ impl Clamd {
     }
 }
 
+impl Backend for Clamd {
+    fn describe(&self) -> String {
+        format!("clamd at {}", self.addr)
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async {
+            self.ping().await?;
+            self.version().await
+        })
+    }
+
+    fn scan<'a>(&'a self, _meta: &'a ScanMeta, body: Body) -> BoxFuture<'a, Verdict> {
+        Box::pin(self.scan_body(body))
+    }
+}
+
+fn parse_max_threads(stats: &str) -> Option<usize> {
+    let line = stats.lines().find(|l| l.starts_with("THREADS:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "max")?;
+    words.next()?.parse().ok().filter(|&n| n > 0)
+}
+
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use bytes::Bytes;
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        sync::mpsc,
+    };
 
     use super::*;
 
@@ -202,6 +303,14 @@ mod tests {
         assert_eq!(ClamdAddr::parse("tcp:127.0.0.1:3310").unwrap(), ClamdAddr::Tcp("127.0.0.1:3310".into()));
         assert!(ClamdAddr::parse("tcp:127.0.0.1").is_err());
         assert!(ClamdAddr::parse("clamd").is_err());
+    }
+
+    #[test]
+    fn max_threads_from_stats() {
+        let stats =
+            "POOLS: 1\n\nSTATE: VALID PRIMARY\nTHREADS: live 1  idle 0 max 4 idle-timeout 30\nQUEUE: 0 items\nEND";
+        assert_eq!(parse_max_threads(stats), Some(4));
+        assert_eq!(parse_max_threads("garbage"), None);
     }
 
     /// Reads one INSTREAM command (after an optional `zIDSESSION`) and
@@ -250,7 +359,7 @@ mod tests {
                 b.write_all(b"1: stream: Replayed.Sig FOUND\0").await.unwrap();
                 (first, second, replayed)
             });
-            let clamd = Clamd::new(ClamdAddr::Unix(path.clone()), Duration::from_secs(5));
+            let clamd = Clamd::new(ClamdAddr::Unix(path.clone()), Duration::from_secs(5), 4, Duration::from_secs(5));
             let scan = |body: &'static [u8]| {
                 let clamd = clamd.clone();
                 async move {
@@ -259,7 +368,7 @@ mod tests {
                         tx.send(Bytes::from_static(part)).await.unwrap();
                     }
                     drop(tx);
-                    clamd.scan(rx).await
+                    clamd.scan_body(rx).await
                 }
             };
             assert_eq!(scan(b"first body").await, Verdict::Clean);

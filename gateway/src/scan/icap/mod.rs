@@ -5,7 +5,13 @@
 //! A scan goes to the first service that is not suspended; while nothing of
 //! the body beyond the preview has been sent, a failing service is left for
 //! the next one. A service that fails `failures_before_suspend` scans in a
-//! row is suspended for `suspend` and then tried again.
+//! row is suspended for `suspend` and then tried again. Scans in flight per
+//! service are bounded by its Max-Connections (and `icap_max_connections`);
+//! more wait in line up to `scan.queue_timeout`.
+//!
+//! A 200 answer is a changed message: with an infection report it is
+//! infected; without one it is [`Verdict::Modified`], and the original is
+//! never delivered.
 
 pub mod infection;
 pub mod options;
@@ -20,19 +26,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use sha2::Digest as _;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter},
     net::TcpStream,
-    sync::{Semaphore, mpsc},
     time::timeout,
 };
 
 use self::{
     options::ServiceOptions,
-    wire::{ChunkedDecoder, Encapsulated, MAX_HEAD, ResponseHead, WireError},
+    wire::{Encapsulated, MAX_HEAD, ResponseHead, WireError},
 };
-use crate::verdict::{ErrorKind, Verdict};
+use super::{
+    Direction, ScanMeta,
+    backend::{Backend, Body, BoxFuture, Slots},
+};
+use crate::{
+    verdict::{ErrorKind, Verdict},
+    wire::ChunkedDecoder,
+};
 
 /// Longest replacement body kept from a 200 answer (a block page).
 const MAX_REPLACEMENT: usize = 1 << 20;
@@ -87,6 +99,22 @@ pub struct IcapSettings {
     pub max_connections: usize,
     /// How long OPTIONS hold when the service gives no Options-TTL.
     pub default_options_ttl: Duration,
+    /// How long a scan may wait for a free connection slot.
+    pub queue_timeout: Duration,
+}
+
+/// An ICAP URL that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// Not `icap://`.
+    #[error("ICAP URL {0:?} must start with icap://")]
+    Scheme(String),
+    /// No host or no service path.
+    #[error("ICAP URL {0:?} needs a host and a service path")]
+    Parts(String),
+    /// An empty list.
+    #[error("no ICAP service configured")]
+    Empty,
 }
 
 /// A parsed `icap://host[:port]/service` URL.
@@ -102,11 +130,11 @@ pub struct ServiceUrl {
 
 impl ServiceUrl {
     /// Parses `icap://host[:port]/path` (port 1344 by default).
-    pub fn parse(url: &str) -> Result<ServiceUrl, String> {
-        let rest = url.strip_prefix("icap://").ok_or_else(|| format!("ICAP URL {url:?} must start with icap://"))?;
+    pub fn parse(url: &str) -> Result<ServiceUrl, UrlError> {
+        let rest = url.strip_prefix("icap://").ok_or_else(|| UrlError::Scheme(url.into()))?;
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
         if host.is_empty() || path.is_empty() {
-            return Err(format!("ICAP URL {url:?} needs a host and a service path"));
+            return Err(UrlError::Parts(url.into()));
         }
         let has_port = if host.starts_with('[') { host.contains("]:") } else { host.contains(':') };
         let authority = if has_port { host.to_string() } else { format!("{host}:1344") };
@@ -123,7 +151,7 @@ struct Service {
     url: ServiceUrl,
     options: Mutex<Option<(ServiceOptions, Instant)>>,
     idle: Mutex<Vec<Conn>>,
-    slots: tokio::sync::OnceCell<Semaphore>,
+    slots: Slots,
     failures: AtomicU32,
     suspended_until: Mutex<Option<Instant>>,
 }
@@ -145,7 +173,7 @@ enum Attempt {
 /// can be asked after a failure; once a service said 100 Continue (or there
 /// is no preview) the body is committed and no failover is possible.
 struct BodyState {
-    rx: mpsc::Receiver<Bytes>,
+    rx: Body,
     preview: Vec<u8>,
     eof: bool,
     committed: bool,
@@ -182,9 +210,9 @@ fn wire_verdict(url: &str, e: WireError) -> Verdict {
 
 impl IcapClient {
     /// A client for `urls`, in order of preference.
-    pub fn new(urls: &[String], settings: IcapSettings) -> Result<IcapClient, String> {
+    pub fn new(urls: &[String], settings: IcapSettings) -> Result<IcapClient, UrlError> {
         if urls.is_empty() {
-            return Err("no ICAP service configured".into());
+            return Err(UrlError::Empty);
         }
         let services = urls
             .iter()
@@ -193,12 +221,12 @@ impl IcapClient {
                     url: ServiceUrl::parse(u)?,
                     options: Mutex::new(None),
                     idle: Mutex::new(Vec::new()),
-                    slots: tokio::sync::OnceCell::new(),
+                    slots: Slots::new(settings.queue_timeout),
                     failures: AtomicU32::new(0),
                     suspended_until: Mutex::new(None),
                 })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, UrlError>>()?;
         Ok(IcapClient { services, settings })
     }
 
@@ -220,7 +248,7 @@ impl IcapClient {
     }
 
     /// Scans the body arriving on `body` and returns the verdict.
-    pub async fn scan(&self, req: &IcapRequest, body: mpsc::Receiver<Bytes>) -> Verdict {
+    pub async fn scan_body(&self, req: &IcapRequest, body: Body) -> Verdict {
         let started = Instant::now();
         let mut state = BodyState { rx: body, preview: Vec::new(), eof: false, committed: false, sent: 0 };
         let mut last = err(ErrorKind::Unavailable, "every ICAP service is suspended after repeated failures");
@@ -241,7 +269,7 @@ impl IcapClient {
             if !next {
                 return verdict;
             }
-            log::warn!("ICAP failover from {}: {verdict:?}", s.url.url);
+            tracing::warn!("ICAP failover from {}: {verdict:?}", s.url.url);
             last = verdict;
         }
         last
@@ -309,9 +337,10 @@ impl IcapClient {
             ));
         }
         let limit = opts.max_connections.unwrap_or(usize::MAX).min(self.settings.max_connections).max(1);
-        let slots = s.slots.get_or_init(|| async { Semaphore::new(limit) }).await;
-        let Ok(_slot) = slots.acquire().await else {
-            return Attempt::Next(err(ErrorKind::Unavailable, "ICAP connection slots closed"));
+        let _slot = match s.slots.acquire(|| async move { limit }).await {
+            Ok(slot) => slot,
+            // Busy is not the service's failure: the body waits no longer.
+            Err(v) => return Attempt::Done(v),
         };
         let mut conn = match self.connect(s).await {
             Ok(c) => c,
@@ -362,7 +391,7 @@ impl IcapClient {
         if let Some(p) = preview {
             body.fill_preview(p).await;
             let n = body.preview.len().min(p);
-            wire::push_chunk(&mut out, &body.preview[..n]);
+            crate::wire::push_chunk(&mut out, &body.preview[..n]);
             let ieof = body.eof && body.preview.len() <= p;
             out.extend_from_slice(wire::last_chunk(ieof));
             self.write(conn, &out, uri, started, body.sent).await?;
@@ -372,7 +401,7 @@ impl IcapClient {
                     body.committed = true;
                     let rest = body.preview.split_off(n);
                     let mut chunk = Vec::with_capacity(rest.len() + 16);
-                    wire::push_chunk(&mut chunk, &rest);
+                    crate::wire::push_chunk(&mut chunk, &rest);
                     body.sent += rest.len() as u64;
                     self.write(conn, &chunk, uri, started, body.sent).await?;
                 }
@@ -388,7 +417,7 @@ impl IcapClient {
             // service's preview already took from the channel.
             body.committed = true;
             let held = std::mem::take(&mut body.preview);
-            wire::push_chunk(&mut out, &held);
+            crate::wire::push_chunk(&mut out, &held);
             body.sent += held.len() as u64;
             self.write(conn, &out, uri, started, body.sent).await?;
         }
@@ -400,7 +429,7 @@ impl IcapClient {
                 continue;
             }
             frame.clear();
-            let _ = std::io::Write::write_fmt(&mut frame, format_args!("{:x}\r\n", chunk.len()));
+            crate::wire::push_chunk_header(&mut frame, chunk.len() as u64);
             body.sent += chunk.len() as u64;
             self.write(conn, &frame, uri, started, body.sent).await?;
             self.write(conn, &chunk, uri, started, body.sent).await?;
@@ -461,14 +490,16 @@ impl IcapClient {
                     read_chunked(conn, &mut http_body, limit, uri).await?;
                 }
                 let threats = infection::threats(&head, http_status);
+                let complete = http_body.len() < MAX_REPLACEMENT;
+                let body_sha256 = complete.then(|| sha2::Sha256::digest(&http_body).into());
+                let mut replacement = http_head;
+                replacement.extend_from_slice(&http_body);
+                let replacement = complete.then_some(replacement);
                 let verdict = match threats {
-                    Some(threats) => {
-                        let mut replacement = http_head;
-                        replacement.extend_from_slice(&http_body);
-                        Verdict::Infected { threats, engine: uri.to_string(), replacement: Some(replacement) }
-                    }
-                    // The service returned the message without objecting.
-                    None => Verdict::Clean,
+                    Some(threats) => Verdict::Infected { threats, engine: uri.to_string(), replacement },
+                    // A changed message without an infection report: the
+                    // service's version or nothing, never the original.
+                    None => Verdict::Modified { engine: uri.to_string(), replacement, body_sha256 },
                 };
                 Ok((verdict, keep))
             }
@@ -500,7 +531,7 @@ impl Service {
             *self.suspended_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + settings.suspend);
             self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
             *self.options.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            log::warn!("ICAP service {} suspended for {:?} after {n} failures", self.url.url, settings.suspend);
+            tracing::warn!("ICAP service {} suspended for {:?} after {n} failures", self.url.url, settings.suspend);
         }
     }
 
@@ -533,7 +564,7 @@ async fn read_head(conn: &mut Conn, limit: Instant, uri: &str) -> Result<Respons
         }
     }
     loop {
-        if let Some(end) = wire::head_end(&conn.buf) {
+        if let Some(end) = crate::wire::head_end(&conn.buf) {
             let head: Vec<u8> = conn.buf.drain(..end).collect();
             return wire::parse_head(&head).map_err(|e| wire_verdict(uri, e));
         }
@@ -558,7 +589,7 @@ async fn read_chunked(conn: &mut Conn, out: &mut Vec<u8>, limit: Instant, uri: &
     let mut dec = ChunkedDecoder::default();
     let mut scratch = Vec::new();
     loop {
-        let used = dec.decode(&conn.buf, &mut scratch).map_err(|e| wire_verdict(uri, e))?;
+        let used = dec.decode_into(&conn.buf, &mut scratch).map_err(|e| wire_verdict(uri, WireError(e.to_string())))?;
         conn.buf.drain(..used);
         if out.len() < MAX_REPLACEMENT {
             let room = MAX_REPLACEMENT - out.len();
@@ -569,6 +600,53 @@ async fn read_chunked(conn: &mut Conn, out: &mut Vec<u8>, limit: Instant, uri: &
             return Ok(());
         }
         fill(conn, limit, uri).await?;
+    }
+}
+
+impl IcapRequest {
+    /// The HTTP context for a body: its own heads where it came over HTTP,
+    /// else heads made up from its name (FTP, `gateway scan`).
+    pub fn for_body(meta: &ScanMeta) -> IcapRequest {
+        let path: String = meta.name.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect();
+        let (path, host) = match path.strip_prefix("http://").or_else(|| path.strip_prefix("https://")) {
+            Some(rest) => {
+                let (h, p) = rest.split_once('/').unwrap_or((rest, ""));
+                (format!("/{p}"), h.to_string())
+            }
+            None => (format!("/{}", path.trim_start_matches('/')), "gateway.local".to_string()),
+        };
+        let method = match meta.direction {
+            Direction::Download => Method::Respmod,
+            Direction::Upload => Method::Reqmod,
+        };
+        let req_hdr = meta.http_request.clone().unwrap_or_else(|| {
+            let verb = if method == Method::Reqmod { "POST" } else { "GET" };
+            format!("{verb} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
+        });
+        let res_hdr = (method == Method::Respmod).then(|| {
+            meta.http_response.clone().unwrap_or_else(|| {
+                let ct = meta.content_type.as_deref().unwrap_or("application/octet-stream");
+                format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n").into_bytes()
+            })
+        });
+        IcapRequest { method, req_hdr, res_hdr, client_ip: meta.client.map(|c| c.ip()), name: meta.name.clone() }
+    }
+}
+
+impl Backend for IcapClient {
+    fn describe(&self) -> String {
+        format!("ICAP {}", self.urls().join(", "))
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async {
+            let (url, o) = self.options().await?;
+            Ok(format!("{url} ISTag {}", o.istag.unwrap_or_default()))
+        })
+    }
+
+    fn scan<'a>(&'a self, meta: &'a ScanMeta, body: Body) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move { self.scan_body(&IcapRequest::for_body(meta), body).await })
     }
 }
 

@@ -74,29 +74,9 @@ pub fn request_head(
     out
 }
 
-/// Appends one chunk of body in chunked encoding (nothing for empty data:
-/// an empty chunk would end the body).
-pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let _ = write!(ByteWriter(out), "{:x}\r\n", data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// The last chunk: `0; ieof` when the preview holds the whole body.
 pub fn last_chunk(ieof: bool) -> &'static [u8] {
-    if ieof { b"0; ieof\r\n\r\n" } else { b"0\r\n\r\n" }
-}
-
-struct ByteWriter<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for ByteWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
+    if ieof { b"0; ieof\r\n\r\n" } else { crate::wire::LAST_CHUNK }
 }
 
 /// An ICAP response head.
@@ -129,11 +109,6 @@ impl ResponseHead {
             })
             .collect()
     }
-}
-
-/// Where a complete head ends (after CRLF CRLF) in `buf`, if it does.
-pub fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// Parses `ICAP/1.0 204 No Content\r\nName: value\r\n…\r\n\r\n`.
@@ -170,75 +145,6 @@ pub fn parse_head(head: &[u8]) -> Result<ResponseHead, WireError> {
         headers.push((name.to_string(), value.trim().to_string()));
     }
     Ok(ResponseHead { status, headers })
-}
-
-/// Incremental decoder of a chunked body: feed bytes, get data out, learn
-/// when the last chunk has been seen. Chunk extensions (`; ieof`) are
-/// accepted and ignored.
-#[derive(Debug, Default)]
-pub struct ChunkedDecoder {
-    state: ChunkState,
-    line: Vec<u8>,
-}
-
-#[derive(Debug, Default, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    Data(usize),
-    DataEnd,
-    Trailer,
-    Done,
-}
-
-impl ChunkedDecoder {
-    /// Whether the terminating chunk and trailer were read.
-    pub fn done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Decodes `input`, appending data to `out`; returns how many input
-    /// bytes were used (less than all only once done).
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, WireError> {
-        let mut i = 0;
-        while i < input.len() && self.state != ChunkState::Done {
-            match self.state {
-                ChunkState::Size | ChunkState::DataEnd | ChunkState::Trailer => {
-                    let b = input[i];
-                    i += 1;
-                    if b != b'\n' {
-                        if self.line.len() > 1024 {
-                            return Err(bad("chunk line too long"));
-                        }
-                        self.line.push(b);
-                        continue;
-                    }
-                    let line = std::mem::take(&mut self.line);
-                    let line = line.strip_suffix(b"\r").ok_or_else(|| bad("bare LF in chunked body"))?;
-                    self.state = match self.state {
-                        ChunkState::Size => {
-                            let size = line.split(|&c| c == b';').next().unwrap_or_default();
-                            let size = std::str::from_utf8(size).map_err(|_| bad("chunk size"))?.trim();
-                            let n = usize::from_str_radix(size, 16).map_err(|_| bad(format!("chunk size {size:?}")))?;
-                            if n == 0 { ChunkState::Trailer } else { ChunkState::Data(n) }
-                        }
-                        ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
-                        ChunkState::DataEnd => return Err(bad("chunk data longer than its size")),
-                        _ if line.is_empty() => ChunkState::Done,
-                        _ => ChunkState::Trailer,
-                    };
-                }
-                ChunkState::Data(n) => {
-                    let take = n.min(input.len() - i);
-                    out.extend_from_slice(&input[i..i + take]);
-                    i += take;
-                    self.state = if take == n { ChunkState::DataEnd } else { ChunkState::Data(n - take) };
-                }
-                ChunkState::Done => {}
-            }
-        }
-        Ok(i)
-    }
 }
 
 /// Status code of an encapsulated HTTP response head.
@@ -293,38 +199,11 @@ mod tests {
     }
 
     #[test]
-    fn chunks_and_ieof() {
+    fn ieof_ends_the_preview() {
         let mut out = Vec::new();
-        push_chunk(&mut out, b"This is data that was returned by an origin server.");
-        push_chunk(&mut out, b"");
+        crate::wire::push_chunk(&mut out, b"This is data that was returned by an origin server.");
         out.extend_from_slice(last_chunk(true));
         assert_eq!(out, b"33\r\nThis is data that was returned by an origin server.\r\n0; ieof\r\n\r\n");
-    }
-
-    #[test]
-    fn decoder_handles_extensions_splits_and_trailers() {
-        let body = b"1e\r\nI am posting this information.\r\n0; ieof\r\nX-T: 1\r\n\r\nNEXT";
-        // Split anywhere inside the chunked body; "NEXT" belongs to what follows.
-        for split in 0..=body.len() - 4 {
-            let mut d = ChunkedDecoder::default();
-            let mut out = Vec::new();
-            let a = d.decode(&body[..split], &mut out).unwrap();
-            assert_eq!(a, split);
-            let b = d.decode(&body[split..], &mut out).unwrap();
-            assert!(d.done());
-            assert_eq!(split + b, body.len() - 4, "stops before what follows the body");
-            assert_eq!(out, b"I am posting this information.");
-        }
-    }
-
-    #[test]
-    fn decoder_rejects_garbage() {
-        let mut d = ChunkedDecoder::default();
-        assert!(d.decode(b"zz\r\n", &mut Vec::new()).is_err());
-        let mut d = ChunkedDecoder::default();
-        assert!(d.decode(b"2\r\nabc\r\n", &mut Vec::new()).is_err());
-        let mut d = ChunkedDecoder::default();
-        assert!(d.decode(b"2\nab", &mut Vec::new()).is_err());
     }
 
     #[test]

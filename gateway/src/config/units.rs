@@ -1,9 +1,9 @@
 //! Human-readable durations ("10s", "250ms", "off") and sizes ("4096KiB")
-//! for the configuration file.
+//! for the configuration file, and lists that may be written as one value.
 
 use std::{fmt, time::Duration};
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// A duration written as a number with a unit: `ms`, `s`, `m`, `h`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +37,12 @@ impl fmt::Display for Span {
     }
 }
 
+impl Serialize for Span {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -48,6 +54,21 @@ impl<'de> Deserialize<'de> for Span {
 pub fn off_or_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Span>, D::Error> {
     let s = String::deserialize(d)?;
     if s.trim() == "off" { Ok(None) } else { Span::parse(&s).map(Some).map_err(de::Error::custom) }
+}
+
+/// A list written as a list or, for one item, as a plain value
+/// (`clamd = "unix:/x"` or `clamd = ["unix:/x", "tcp:h:3310"]`).
+pub fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => Ok(vec![s]),
+        OneOrMany::Many(v) => Ok(v),
+    }
 }
 
 /// A byte count written as a number with an optional unit: `B`, `KiB`,
@@ -73,6 +94,12 @@ impl Size {
             }
         };
         n.checked_mul(mult).map(Size).ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.to_string())
     }
 }
 

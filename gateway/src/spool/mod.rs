@@ -1,10 +1,17 @@
-//! Holding a body until its verdict, with bounded memory.
+//! Holding a body until its verdict, with bounded memory and disk.
 //!
 //! A body stays in memory up to `spool_memory`, and only while the memory
 //! all spools hold together stays under a global budget; past either, it
 //! goes to an unnamed temporary file (O_TMPFILE) in `spool_dir`, which the
 //! kernel removes when the last descriptor closes: on every path, including
-//! a panic or the process being killed.
+//! a panic or the process being killed. What all spools hold on disk
+//! together is bounded by `spool_max_total`; past it, a body cannot be held
+//! (a spool error: the body is refused, never passed unheld).
+//! [`send::send_held`] delivers a held body.
+
+pub mod send;
+
+pub use send::send_held;
 
 use std::{
     fs::File,
@@ -18,29 +25,46 @@ use std::{
 
 /// Why a body could not be held.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot hold the body in {dir}: {source}")]
-pub struct SpoolError {
-    dir: PathBuf,
-    #[source]
-    source: std::io::Error,
+pub enum SpoolError {
+    /// Creating or writing the temporary file failed (disk full, no such
+    /// directory, no permission).
+    #[error("cannot hold the body in {dir}: {source}")]
+    Io {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// All spools together hold `spool_max_total` on disk.
+    #[error("the spool quota ({limit} bytes on disk, scan.spool_max_total) is used up")]
+    Quota {
+        /// The quota.
+        limit: u64,
+    },
 }
 
-/// Memory shared by all spools.
+/// Bytes shared by all spools (memory, or disk).
 #[derive(Debug)]
-pub struct MemoryBudget {
+pub struct Budget {
     limit: u64,
     used: AtomicU64,
 }
 
-impl MemoryBudget {
+impl Budget {
     /// A budget of `limit` bytes.
-    pub fn new(limit: u64) -> Arc<MemoryBudget> {
-        Arc::new(MemoryBudget { limit, used: AtomicU64::new(0) })
+    pub fn new(limit: u64) -> Arc<Budget> {
+        Arc::new(Budget { limit, used: AtomicU64::new(0) })
     }
 
-    /// Bytes held in memory by all spools now.
+    /// Bytes taken now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     fn try_take(&self, n: u64) -> bool {
@@ -59,8 +83,10 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// Bytes one body may keep in memory.
     pub memory: u64,
-    /// The budget shared by all bodies.
-    pub budget: Arc<MemoryBudget>,
+    /// The memory shared by all bodies.
+    pub budget: Arc<Budget>,
+    /// The disk space shared by all bodies.
+    pub disk: Arc<Budget>,
 }
 
 /// One body being held.
@@ -70,12 +96,14 @@ pub struct Spool {
     memory: Vec<u8>,
     file: Option<File>,
     len: u64,
+    /// Bytes counted against the disk quota.
+    on_disk: u64,
 }
 
 impl Spool {
     /// An empty spool.
     pub fn new(config: SpoolConfig) -> Spool {
-        Spool { config, memory: Vec::new(), file: None, len: 0 }
+        Spool { config, memory: Vec::new(), file: None, len: 0, on_disk: 0 }
     }
 
     /// Bytes held.
@@ -104,16 +132,18 @@ impl Spool {
             }
             self.spill()?;
         }
-        let dir = &self.config.dir;
-        let Some(file) = self.file.as_mut() else {
-            return Err(SpoolError { dir: dir.clone(), source: std::io::Error::other("no spool file after spilling") });
+        self.take_disk(data.len() as u64)?;
+        let result = match self.file.as_mut() {
+            Some(file) => file.write_all(data),
+            None => Err(std::io::Error::other("no spool file after spilling")),
         };
-        file.write_all(data).map_err(|source| SpoolError { dir: dir.clone(), source })?;
+        result.map_err(|source| self.err(source))?;
         self.len += data.len() as u64;
         Ok(())
     }
 
     fn spill(&mut self) -> Result<(), SpoolError> {
+        self.take_disk(self.memory.len() as u64)?;
         let mut file = tempfile::tempfile_in(&self.config.dir).map_err(|source| self.err(source))?;
         file.write_all(&self.memory).map_err(|source| self.err(source))?;
         self.config.budget.give_back(self.memory.len() as u64);
@@ -122,8 +152,17 @@ impl Spool {
         Ok(())
     }
 
+    /// Counts `n` more bytes on disk against the shared quota.
+    fn take_disk(&mut self, n: u64) -> Result<(), SpoolError> {
+        if !self.config.disk.try_take(n) {
+            return Err(SpoolError::Quota { limit: self.config.disk.limit() });
+        }
+        self.on_disk += n;
+        Ok(())
+    }
+
     fn err(&self, source: std::io::Error) -> SpoolError {
-        SpoolError { dir: self.config.dir.clone(), source }
+        SpoolError::Io { dir: self.config.dir.clone(), source }
     }
 
     /// The body, when it is held in memory.
@@ -154,6 +193,7 @@ impl Spool {
 impl Drop for Spool {
     fn drop(&mut self) {
         self.config.budget.give_back(self.memory.len() as u64);
+        self.config.disk.give_back(self.on_disk);
     }
 }
 
@@ -162,7 +202,7 @@ mod tests {
     use super::*;
 
     fn config(memory: u64, budget: u64) -> SpoolConfig {
-        SpoolConfig { dir: std::env::temp_dir(), memory, budget: MemoryBudget::new(budget) }
+        SpoolConfig { dir: std::env::temp_dir(), memory, budget: Budget::new(budget), disk: Budget::new(1 << 30) }
     }
 
     fn read_all(s: &mut Spool) -> Vec<u8> {
@@ -208,9 +248,28 @@ mod tests {
 
     #[test]
     fn unwritable_dir_is_an_error() {
-        let c = SpoolConfig { dir: "/nonexistent/spool".into(), memory: 0, budget: MemoryBudget::new(0) };
+        let c = SpoolConfig {
+            dir: "/nonexistent/spool".into(),
+            memory: 0,
+            budget: Budget::new(0),
+            disk: Budget::new(1 << 30),
+        };
         let mut s = Spool::new(c);
         let e = s.write(b"x").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/spool"), "{e}");
+    }
+
+    #[test]
+    fn the_disk_quota_is_shared_and_given_back() {
+        let c = SpoolConfig { disk: Budget::new(25), ..config(0, 0) };
+        let mut a = Spool::new(c.clone());
+        a.write(&[1; 20]).unwrap();
+        let mut b = Spool::new(c.clone());
+        let e = b.write(&[2; 10]).unwrap_err();
+        assert!(matches!(e, SpoolError::Quota { limit: 25 }), "{e}");
+        drop(a);
+        assert_eq!(c.disk.used(), 0);
+        b.write(&[2; 10]).unwrap();
+        assert_eq!(c.disk.used(), 10);
     }
 }

@@ -1,0 +1,199 @@
+//! The configuration file (TOML): parsing, defaults and validation, one
+//! module per section.
+//!
+//! Every key is documented, with its default, in `config/gateway.toml` at
+//! the repository root. Unknown keys are errors: a typo in a firewall's
+//! configuration must not silently fall back to a default.
+
+mod ftp;
+mod http;
+mod proxy;
+mod scan;
+mod steering;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    ftp::Ftp,
+    http::{Http, Passage},
+    proxy::Proxy,
+    scan::{Scan, ScanBackend},
+    steering::{Bypass, Steering, XdpMode},
+};
+
+/// Why a configuration could not be used. Each message is one sentence
+/// meant for the admin.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key, a wrong type or a bad value.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's description, with line and column.
+        message: String,
+    },
+    /// A value parsed but does not make sense here.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// eBPF steering: which flows go to the gateway.
+    pub steering: Steering,
+    /// The gateway's own listeners and upstream connections.
+    pub proxy: Proxy,
+    /// The control socket (`gateway stats`, `gateway expect`).
+    pub control: Control,
+    /// The scanning core: backend, policy, spooling.
+    pub scan: Scan,
+    /// The HTTP proxy.
+    pub http: Http,
+    /// The FTP gateway.
+    pub ftp: Ftp,
+    /// Logging.
+    pub log: Log,
+}
+
+/// `[control]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Control {
+    /// Unix socket for `gateway stats` and `gateway expect` (mode 0600);
+    /// empty = none.
+    pub socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control { socket: PathBuf::from("/run/gateway/control.sock") }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// JSON-lines file for detection records (created 0640); empty: the
+    /// log only.
+    pub detections: PathBuf,
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Reads a file for `gateway scan`: only `[scan]` is validated, so a
+    /// firewall's config can be used on a host without its interfaces.
+    pub fn load_scan_only(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Config::parse_unchecked(&text, path)?;
+        config.scan.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `path` is for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse_unchecked(text, path)?;
+        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })?;
+        Ok(config)
+    }
+
+    fn parse_unchecked(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: describe_toml_error(text, &e) })
+    }
+
+    /// Checks what serde cannot, section by section.
+    fn validate(&self) -> Result<(), String> {
+        self.steering.validate()?;
+        self.proxy.validate()?;
+        self.scan.validate()?;
+        self.http.validate()?;
+        self.ftp.validate()
+    }
+}
+
+/// toml's own message names line and column; keep it to one sentence.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let msg = msg.join("; ");
+    let msg = msg.trim_end_matches('.');
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_position() {
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nhttp_portz = [80]\n").unwrap_err().to_string();
+        assert!(e.contains("line 3, column 1"), "{e}");
+        assert!(e.contains("http_portz"), "{e}");
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = parse("[steering]\ninterfaces = [\"lo\"]\n").unwrap();
+        assert_eq!(c.steering.http_ports, vec![80]);
+        assert_eq!(c.steering.xdp_mode, XdpMode::Skb);
+    }
+
+    /// The documented example must parse and match the built-in defaults,
+    /// so the file and the code cannot drift apart.
+    #[test]
+    fn example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap().replace("\"eth1\"", "\"lo\"");
+        let file: Config = Config::parse(&text, &path).unwrap();
+        let mut defaults = Config::default();
+        defaults.steering.interfaces = vec!["lo".into()];
+        assert_eq!(format!("{file:?}"), format!("{defaults:?}"));
+        // And it documents every key there is.
+        let keys = toml::to_string(&defaults).unwrap();
+        for line in keys.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap_or_default();
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{key} = "))),
+                "config/gateway.toml does not document {key:?}"
+            );
+        }
+    }
+}
