@@ -65,6 +65,11 @@ impl Clamd {
     /// MaxFileSize and MaxScanSize (e.g. "300M"): past those clamd would
     /// stop scanning and answer OK.
     pub fn start(dir: PathBuf, stream_max: &str) -> anyhow::Result<Clamd> {
+        Clamd::start_with(dir, stream_max, "")
+    }
+
+    /// Like [`Clamd::start`], with more clamd.conf lines.
+    pub fn start_with(dir: PathBuf, stream_max: &str, extra_conf: &str) -> anyhow::Result<Clamd> {
         let db = dir.join("db");
         std::fs::create_dir_all(&db)?;
         let tmp = tmpfs_dir(&dir);
@@ -81,7 +86,7 @@ impl Clamd {
             format!(
                 "LocalSocket {sock}\nForeground yes\nDatabaseDirectory {db}\nTemporaryDirectory {tmp}\n\
                  LogFile {dir}/clamd.log\nPidFile {dir}/clamd.pid\nStreamMaxLength {m}\nMaxFileSize {m}\n\
-                 MaxScanSize {m}\nDisableCache yes\nMaxThreads 4\n",
+                 MaxScanSize {m}\nDisableCache yes\nMaxThreads 4\n{extra_conf}\n",
                 sock = socket.display(),
                 db = db.display(),
                 tmp = tmp.display(),

@@ -44,6 +44,8 @@ pub struct Settings<'a> {
     pub http: &'a str,
     /// Lines for `[ftp]`.
     pub ftp: &'a str,
+    /// Lines for `[proxy]`.
+    pub proxy: &'a str,
 }
 
 /// `[http]` lines that turn scanning off (steering and relay tests).
@@ -55,8 +57,8 @@ pub fn config(rig: &Rig, s: &Settings<'_>) -> String {
     let d = rig.dir().display();
     format!(
         "[steering]\ninterfaces = [\"{CLIENT_IFACE}\"]\n{}\n\n[control]\nsocket = \"{d}/control.sock\"\n\n\
-         [scan]\nspool_dir = \"{d}/spool\"\n{}\n\n[http]\n{}\n\n[ftp]\n{}\n\n[log]\ndetections = \"{d}/detections.jsonl\"\n",
-        s.steering, s.scan, s.http, s.ftp
+         [scan]\nspool_dir = \"{d}/spool\"\n{}\n\n[http]\n{}\n\n[ftp]\n{}\n\n[proxy]\n{}\n\n[log]\ndetections = \"{d}/detections.jsonl\"\n",
+        s.steering, s.scan, s.http, s.ftp, s.proxy
     )
 }
 

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod nginx;
 pub mod rig;
 pub mod util;
+pub mod web;
 
 pub use gateway::Gateway;
 pub use rig::{Ns, Rig};

@@ -1,74 +1,28 @@
 //! The FTP gateway (issue 5): pyftpdlib (Debian's python3-pyftpdlib) as the
 //! real server, curl and Python's ftplib as real clients, real clamd.
 
-use std::{path::PathBuf, process::Output, time::Duration};
+use std::time::Duration;
 
 use anyhow::ensure;
 use tests::{
-    Gateway, Ns, Rig,
-    clamd::{Clamd, eicar},
-    gateway::Settings,
+    Ns,
+    clamd::eicar,
+    ftpd::FtpEnv,
     rig::{SERVER_V4, SERVER_V6},
     util::{random_file, sha256_file, wait_for},
 };
 
 use tests::util::PYTHON as PY;
 
-struct Env {
-    rig: Rig,
-    root: PathBuf,
-    ftpd: u32,
-    clamd: Clamd,
-    gw: Gateway,
+fn setup(tag: &str) -> anyhow::Result<FtpEnv> {
+    FtpEnv::start(tag, "", "")
 }
 
-fn setup(tag: &str) -> anyhow::Result<Env> {
-    setup_with(tag, "")
-}
-
-fn setup_with(tag: &str, ftp: &str) -> anyhow::Result<Env> {
-    let mut rig = Rig::new(tag)?;
-    let root = rig.dir().join("ftproot");
-    let ftpd = tests::ftpd::start(&mut rig, &root)?;
-    let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
-    let scan = format!("clamd = \"{}\"", clamd.addr());
-    let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ftp, ..Settings::default() })?;
-    Ok(Env { rig, root, ftpd, clamd, gw })
+fn setup_with(tag: &str, ftp: &str) -> anyhow::Result<FtpEnv> {
+    FtpEnv::start(tag, ftp, "")
 }
 
 use tests::util::output_text as text;
-
-impl Env {
-    /// Runs an ftplib script in the client namespace with `f` logged in.
-    fn ftplib(&self, host: &str, body: &str) -> anyhow::Result<Output> {
-        let script =
-            format!("import ftplib,sys\nf=ftplib.FTP()\nf.connect('{host}',21,timeout=30)\nf.login('u','p')\n{body}\n");
-        self.rig.run(Ns::Client, PY, &["-c", &script])
-    }
-
-    /// Waits until the gateway holds no TCP connection, spool file or
-    /// expectation entry: what every ended session must leave.
-    fn nothing_left(&self) -> anyhow::Result<()> {
-        wait_for("the gateway to let go of every session", Duration::from_secs(30), || {
-            let tcp = self.gw.tcp_connections().ok()?;
-            (tcp.is_empty() && self.gw.open_spool_files() == 0 && self.gw.counter("/expectations").ok()? == 0)
-                .then_some(())
-        })
-        .map_err(|e| {
-            anyhow::anyhow!("{e}: {:?}, spool files {}", self.gw.tcp_connections(), self.gw.open_spool_files())
-        })
-    }
-
-    fn curl(&self, url: &str, dest: &str, active: bool) -> anyhow::Result<Output> {
-        let d = self.rig.dir().join(dest).to_string_lossy().to_string();
-        let mut args = vec!["-sS", "-m", "120", "-o", &d];
-        if active {
-            args.extend_from_slice(&["-P", "-"]);
-        }
-        args.push(url);
-        self.rig.curl(&args)
-    }
-}
 
 #[test]
 fn clean_files_arrive_identical_in_passive_and_active_mode() -> anyhow::Result<()> {

@@ -1,169 +1,28 @@
 //! The scanning HTTP proxy on steered flows (issue 4): real curl and raw
-//! sockets in the client namespace, real nginx for plain files, real clamd.
-//! Responses nginx will not produce (hand-framed, encoded, malformed) come
-//! from a small test server written here (Python, port 8081), which is a
-//! peer for framing cases, not a fake of anything the gateway talks to.
+//! sockets in the client namespace, real nginx for plain files, real clamd,
+//! and the rig's origin server for what nginx will not produce
+//! (`tests::web`).
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use anyhow::ensure;
 use tests::{
-    Gateway, Ns, Rig,
-    clamd::{Clamd, eicar},
+    Gateway, Ns,
+    clamd::eicar,
     gateway::Settings,
-    nginx::Nginx,
     rig::{GW_SERVER_V4, SERVER_V4},
-    util::{random_file, sha256, sha256_file, wait_for},
+    util::{random_file, sha256_file, wait_for},
+    web::{Web, WebSettings, random_bytes, status_lines},
 };
 
-struct Env {
-    rig: Rig,
-    nginx: Nginx,
-    clamd: Clamd,
-    gw: Option<Gateway>,
+fn setup(tag: &str, scan: &str) -> anyhow::Result<Web> {
+    Web::start(tag, scan)
 }
 
-const HAND_SERVER: &str = r#"
-import brotli, gzip, socket, threading, zlib
-E = b'X5O!P%@AP[4\\PZX54(P^)7CC)7}$' + b'EICAR-STANDARD-' + b'ANTIVIRUS-TEST-FILE!$H+H*'
-def resp(head, body=b''):
-    return head.replace('\n', '\r\n').encode() + b'\r\n' + body
-def clen(extra, body):
-    return resp('HTTP/1.1 200 OK\nContent-Length: %d\n%s' % (len(body), extra), body)
-R = {
- '/gz-eicar': clen('Content-Encoding: gzip\n', gzip.compress(E)),
- '/gz2-eicar': clen('Content-Encoding: gzip, gzip\n', gzip.compress(gzip.compress(E))),
- '/gz-clean': clen('Content-Encoding: gzip\n', gzip.compress(b'just text ' * 1000)),
- '/br-eicar': clen('Content-Encoding: br\n', brotli.compress(E)),
- '/gz-br-eicar': clen('Content-Encoding: gzip, br\n', brotli.compress(gzip.compress(E))),
- '/br-clean': clen('Content-Encoding: br\n', brotli.compress(b'just text ' * 1000)),
- '/deflate-eicar': clen('Content-Encoding: deflate\n', zlib.compress(E)),
- '/rawdeflate-eicar': clen('Content-Encoding: deflate\n', zlib.compress(E, wbits=-15)),
- '/bad-gzip': clen('Content-Encoding: gzip\n', b'this is not gzip at all'),
- '/compress': clen('Content-Encoding: compress\n', b'whatever'),
- '/chunked1-eicar': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b''.join(b'1\r\n' + bytes([c]) + b'\r\n' for c in E) + b'0\r\n\r\n'),
- '/close-eicar': resp('HTTP/1.0 200 OK\n', E),
- '/close-clean': resp('HTTP/1.0 200 OK\n', b'clean body until close'),
- '/close-cut': resp('HTTP/1.1 200 OK\nContent-Length: 100000\n', b'only this much'),
- '/204': resp('HTTP/1.1 204 No Content\n'),
- '/304': resp('HTTP/1.1 304 Not Modified\nETag: "x"\n'),
- '/te-cl': resp('HTTP/1.1 200 OK\nContent-Length: 5\nTransfer-Encoding: chunked\n', b'5\r\nhello\r\n0\r\n\r\n'),
- '/bad-chunk': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b'zz\r\nhello\r\n0\r\n\r\n'),
-}
-def serve(c):
-    buf = b''
-    while True:
-        while b'\r\n\r\n' not in buf:
-            d = c.recv(65536)
-            if not d:
-                return
-            buf += d
-        head, buf = buf.split(b'\r\n\r\n', 1)
-        path = head.split(b' ')[1].decode()
-        if path == '/ws':
-            c.sendall(resp('HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n'))
-            while True:
-                if buf:
-                    c.sendall(b'echo:' + buf)
-                    buf = b''
-                d = c.recv(65536)
-                if not d:
-                    return
-                buf = d
-        out = R.get(path, resp('HTTP/1.1 404 Not Found\nContent-Length: 0\n'))
-        c.sendall(out)
-        if path.startswith('/close'):
-            c.close()
-            return
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('::', 8081)); s.listen(64)
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"#;
-
-fn setup(tag: &str, scan: &str) -> anyhow::Result<Env> {
-    setup_with(tag, scan, "", None)
-}
-
-/// `icap`: run c-icap in the gateway namespace and scan through it.
-fn setup_with(tag: &str, scan: &str, http: &str, icap: Option<()>) -> anyhow::Result<Env> {
-    let mut rig = Rig::new(tag)?;
-    let nginx = Nginx::start(&mut rig, &[80], 0)?;
-    std::fs::write(nginx.www.join("eicar.com"), eicar())?;
-    let mut big = random_bytes(10 << 20);
-    big.extend_from_slice(&eicar());
-    std::fs::write(nginx.www.join("tail-10m.bin"), &big)?;
-    tests::clamd::eicar_zip(&nginx.www.join("eicar.zip"), "a/eicar.com")?;
-    let mut cmd = rig.cmd(Ns::Server, tests::util::PYTHON);
-    cmd.args(["-c", HAND_SERVER]);
-    let log = rig.dir().join("hand-server.log");
-    rig.spawn(cmd, &log)?;
-    wait_for("the hand-framing server", Duration::from_secs(10), || {
-        let out = rig.run(Ns::Server, "ss", &["-Hltn", "sport = :8081"]).ok()?;
-        (!out.stdout.is_empty()).then_some(())
-    })?;
-    let clamd = Clamd::start(rig.dir().join("clamd"), "300M")?;
-    let scan = match icap {
-        Some(()) => {
-            let c = tests::cicap::CIcap::start(&mut rig, Ns::Gateway, 1344, &clamd.socket)?;
-            format!("backend = \"icap\"\nicap = [\"{}\"]\n{scan}", c.url)
-        }
-        None => format!("clamd = \"{}\"\n{scan}", clamd.addr()),
-    };
-    let gw = Gateway::start(&mut rig, &Settings { steering: "http_ports = [80, 8081]", scan: &scan, http, ftp: "" })?;
-    Ok(Env { rig, nginx, clamd, gw: Some(gw) })
-}
-
-fn random_bytes(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+fn setup_with(tag: &str, scan: &str, http: &str, icap: bool) -> anyhow::Result<Web> {
+    Web::with(tag, &WebSettings { scan, http, icap, ..WebSettings::default() })
 }
 
 use tests::util::output_text as text;
-
-impl Env {
-    fn gw(&self) -> &Gateway {
-        self.gw.as_ref().expect("gateway running")
-    }
-
-    /// curl GET; returns (status, body file).
-    fn get(&self, url: &str, extra: &[&str]) -> anyhow::Result<(u16, PathBuf)> {
-        let dest = self.rig.dir().join(format!("got-{}", sha256(url.as_bytes())));
-        let d = dest.to_string_lossy().to_string();
-        let mut args = vec!["-sS", "-m", "60", "-o", &d, "-w", "%{http_code}"];
-        args.extend_from_slice(extra);
-        args.push(url);
-        let out = self.rig.curl(&args)?;
-        ensure!(out.status.success(), "curl {url}: {}", text(&out));
-        Ok((String::from_utf8_lossy(&out.stdout).trim().parse()?, dest))
-    }
-
-    /// Raw bytes to the server's port through a client socket; returns all
-    /// bytes received until the gateway closes or 3 s of silence.
-    fn raw(&self, port: u16, request: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let hex: String = request.iter().map(|b| format!("{b:02x}")).collect();
-        let py = format!(
-            "import socket,sys\ns=socket.create_connection(('{SERVER_V4}',{port}))\ns.settimeout(3)\ns.sendall(bytes.fromhex('{hex}'))\nd=b''\n\
-             try:\n    while True:\n        c=s.recv(65536)\n        if not c: break\n        d+=c\nexcept OSError: pass\nsys.stdout.buffer.write(d)\n"
-        );
-        let out = self.rig.run(Ns::Client, tests::util::PYTHON, &["-c", &py])?;
-        Ok(out.stdout)
-    }
-}
-
-fn status_lines(raw: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(raw).lines().filter(|l| l.starts_with("HTTP/1.")).map(str::to_string).collect()
-}
 
 #[test]
 fn clean_downloads_arrive_identical() -> anyhow::Result<()> {
@@ -363,7 +222,7 @@ fn a_dead_scanner_fails_closed_by_default_and_open_when_configured() -> anyhow::
 
 #[test]
 fn with_icap_the_services_replacement_page_is_shown() -> anyhow::Result<()> {
-    let env = setup_with("hicap", "", "", Some(()))?;
+    let env = setup_with("hicap", "", "", true)?;
     random_file(&env.nginx.www.join("c"), 200_000, 4)?;
     let (status, got) = env.get(&format!("http://{SERVER_V4}/c"), &[])?;
     assert_eq!((status, sha256_file(&got)?), (200, sha256_file(&env.nginx.www.join("c"))?));
@@ -408,7 +267,7 @@ fn websocket_upgrades_are_relayed_and_connect_is_refused() -> anyhow::Result<()>
 
 #[test]
 fn a_slow_request_head_gets_408() -> anyhow::Result<()> {
-    let env = setup_with("hslow", "", "head_timeout = \"1s\"", None)?;
+    let env = setup_with("hslow", "", "head_timeout = \"1s\"", false)?;
     let py = format!(
         "import socket,time\ns=socket.create_connection(('{SERVER_V4}',80))\ns.sendall(b'GET / HTTP/1.1\\r\\nHo')\ns.settimeout(10)\nprint(s.recv(200).split(b'\\r\\n')[0].decode())\n"
     );
@@ -421,7 +280,7 @@ fn a_slow_request_head_gets_408() -> anyhow::Result<()> {
 fn trickling_keeps_clients_waiting_and_resets_when_infected() -> anyhow::Result<()> {
     // clamd needs well over 50 ms for 40 MiB, so the head and the first
     // trickles go out before the verdict.
-    let env = setup_with("htrick", "", "trickle_after = \"50ms\"\ntrickle_bytes = \"1KiB\"", None)?;
+    let env = setup_with("htrick", "", "trickle_after = \"50ms\"\ntrickle_bytes = \"1KiB\"", false)?;
     let clean = random_file(&env.nginx.www.join("clean40m"), 40 << 20, 3)?;
     let (status, got) = env.get(&format!("http://{SERVER_V4}/clean40m"), &[])?;
     assert_eq!((status, sha256_file(&got)?), (200, sha256_file(&clean)?));
