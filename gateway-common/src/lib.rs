@@ -2,10 +2,18 @@
 //! userspace side (`gateway`).
 //!
 //! Everything here is `#[repr(C)]` plain data: the same bytes are written by
-//! userspace into BPF maps and read by the kernel programs. Addresses are
-//! always 16 bytes; IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`)
-//! so one map serves both families.
+//! userspace into BPF maps and read by the kernel programs. Keys carry the
+//! address family explicitly, so an IPv6 prefix or address never matches an
+//! IPv4 packet (`::/0` is all of IPv6, nothing else).
 #![no_std]
+
+/// Address family byte in keys.
+pub mod family {
+    /// IPv4.
+    pub const V4: u8 = 4;
+    /// IPv6.
+    pub const V6: u8 = 6;
+}
 
 /// Listener slots in the `LISTENERS` sockmap: `kind * 2 + family`.
 pub mod listener {
@@ -45,8 +53,10 @@ pub struct ExpectKey {
     pub server: [u8; 16],
     /// Server port, host byte order.
     pub port: u16,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
     /// Explicit padding so the key has no uninitialised bytes.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
 }
 
 /// A TCP connection's 4-tuple as seen from the client, key of the
@@ -71,11 +81,57 @@ pub struct FlowKey {
 pub struct ExpectValue {
     /// Listener kind to steer to (see [`listener`]).
     pub kind: u32,
+    /// The client port of the one connection this expectation admits: 0
+    /// until the first SYN, which the TC program writes here. Any other
+    /// connection to the expected port is dropped.
+    pub client_port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
 }
 
-/// Key of the `BYPASS` and `BLOCK` LPM tries. `prefix_len` counts bits of the
-/// 16-byte address, so an IPv4 /24 is stored as `96 + 24`.
-pub type LpmAddr = [u8; 16];
+/// Data of a `BYPASS` or `BLOCK` LPM key: interface, family, address, so
+/// that one trie holds both families apart and entries may be tied to the
+/// interface a packet arrived on (0: any). The prefix length counts
+/// [`PREFIX_HEAD_BITS`] plus the address bits; IPv4 addresses fill the
+/// first 4 of the 16 address bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixKey {
+    /// Interface index, big-endian (0: any interface).
+    pub ifindex: [u8; 4],
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// The address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Explicit padding, never covered by a prefix.
+    pub _pad: [u8; 3],
+}
+
+/// Bits of a [`PrefixKey`] before the address: interface and family.
+pub const PREFIX_HEAD_BITS: u32 = 40;
+
+impl PrefixKey {
+    /// The key for `addr` of `family` on `ifindex`.
+    pub const fn new(ifindex: u32, family: u8, addr: [u8; 16]) -> PrefixKey {
+        PrefixKey { ifindex: ifindex.to_be_bytes(), family, addr, _pad: [0; 3] }
+    }
+}
+
+/// Indexes into the `CONFIG` array (settings userspace can change live).
+pub mod config {
+    /// Flags, see [`flag`].
+    pub const FLAGS: u32 = 0;
+    /// Number of entries.
+    pub const COUNT: u32 = 1;
+    /// Bits of `CONFIG[FLAGS]`.
+    pub mod flag {
+        /// IPv6 is steered (a listener exists): without it, IPv6 SYNs to
+        /// steered ports are dropped, never forwarded unscanned.
+        pub const V6: u32 = 1;
+        /// Flows to the host's own addresses are steered too.
+        pub const INTERCEPT_LOCAL: u32 = 2;
+    }
+}
 
 /// Indexes into the per-CPU `COUNTERS` array kept by the XDP program.
 pub mod counter {
@@ -96,26 +152,57 @@ pub mod counter {
 }
 
 /// Indexes into the per-CPU `STEER_STATS` array kept by the TC program.
+/// On a steered port a packet is assigned to the gateway or dropped; the
+/// `drop_*` counters say why it was dropped.
 pub mod steer_stat {
     /// Packets assigned to an established gateway socket.
     pub const ESTABLISHED: u32 = 0;
     /// Packets assigned to a listener (new connections).
     pub const LISTENER: u32 = 1;
-    /// Packets that matched but found no listener (forwarded untouched).
-    pub const NO_LISTENER: u32 = 2;
+    /// Dropped: no listener for the kind and family (start-up, a gateway
+    /// that is down, IPv6 switched off).
+    pub const DROP_NO_LISTENER: u32 = 2;
     /// Packets skipped because the source is in `BYPASS`.
     pub const BYPASSED: u32 = 3;
-    /// `bpf_sk_assign` failures.
-    pub const ASSIGN_FAILED: u32 = 4;
+    /// Dropped: `bpf_sk_assign` failed.
+    pub const DROP_ASSIGN: u32 = 4;
     /// SYNs that met a gateway socket in TIME_WAIT (port reuse by a client).
     pub const TIME_WAIT_SYN: u32 = 5;
     /// TIME_WAIT SYNs that `sk_lookup` handed to a listener.
     pub const TIME_WAIT_REUSED: u32 = 6;
+    /// Dropped: a fragment of a TCP packet to a steered port (or one too
+    /// short to show its ports).
+    pub const DROP_FRAGMENT: u32 = 7;
+    /// Dropped: an IP packet whose transport header could not be found
+    /// (too many extension headers or tags, truncated).
+    pub const DROP_UNPARSED: u32 = 8;
+    /// Dropped: a packet to a steered port still carrying a VLAN tag.
+    pub const DROP_TAGGED: u32 = 9;
+    /// Dropped: a packet of a steered port that is not a SYN and belongs to
+    /// no gateway socket (a flow that escaped, or older than the gateway).
+    pub const DROP_STRAY: u32 = 10;
+    /// Dropped: a second connection to an expected FTP data port.
+    pub const DROP_SECOND_DATA: u32 = 11;
+    /// Left alone: a flow to the host's own address.
+    pub const LOCAL: u32 = 12;
     /// Number of counters.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 13;
     /// Names, in index order, for logs and the CLI.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["established", "listener", "no_listener", "bypassed", "assign_failed", "time_wait_syn", "time_wait_reused"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "established",
+        "listener",
+        "drop_no_listener",
+        "bypassed",
+        "drop_assign",
+        "time_wait_syn",
+        "time_wait_reused",
+        "drop_fragment",
+        "drop_unparsed",
+        "drop_tagged",
+        "drop_stray",
+        "drop_second_data",
+        "local",
+    ];
 }
 
 /// A packet and byte count.
@@ -139,5 +226,6 @@ mod pod {
     unsafe impl aya::Pod for super::ExpectKey {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ExpectValue {}
+    unsafe impl aya::Pod for super::PrefixKey {}
     unsafe impl aya::Pod for super::Counter {}
 }

@@ -41,16 +41,41 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     preflight::check()?;
     fit_fd_limit(&mut config);
     let s = &config.steering;
-    let routing = PolicyRouting { fwmark: s.fwmark, table: s.route_table, priority: s.rule_priority };
+    let routing = PolicyRouting::claim(s.fwmark, s.route_table, s.rule_priority)
+        .await
+        .context("choosing a routing slot for steered packets")?;
     // The guard first: from here on, however we die, the routing goes too.
     let guard = guard::spawn(routing).context("starting the routing guard process")?;
     routing.install().await.context("installing the policy routing for steered packets")?;
+    info!("policy routing: fwmark {:#x} → table {} (priority {})", routing.fwmark, routing.table, routing.priority);
+    let watch = tokio::spawn(watch_routing(routing));
 
     let result = serve(&config).await;
+    watch.abort();
 
     let removed = routing.remove().await.context("removing the policy routing");
     drop(guard);
     result.and(removed)
+}
+
+/// Checks every few seconds that this instance's routing is still in
+/// place; if someone removed it, says so and puts it back (without it,
+/// steered packets are dropped by the kernel and the gateway serves
+/// nothing).
+async fn watch_routing(routing: PolicyRouting) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        if matches!(routing.present().await, Ok(false)) {
+            tracing::error!(
+                "the policy routing for steered packets (fwmark {:#x}, table {}) disappeared under this gateway; reinstalling it",
+                routing.fwmark,
+                routing.table
+            );
+            if let Err(e) = routing.install().await {
+                tracing::error!("reinstalling the policy routing failed: {e}");
+            }
+        }
+    }
 }
 
 /// Raises the soft file-descriptor limit to the hard one, and lowers

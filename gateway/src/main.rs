@@ -74,7 +74,7 @@ enum Command {
     },
     /// Internal: removes the policy routing once the gateway exits.
     #[command(hide = true)]
-    RoutingGuard { fwmark: u32, table: u32, priority: u32 },
+    RoutingGuard { fwmark: u32, table: u32, priority: u32, instance: u32 },
 }
 
 fn main() -> ExitCode {
@@ -108,8 +108,8 @@ fn main() -> ExitCode {
         Command::Expect { op, client, server, port, socket } => {
             ask(&socket, &format!("expect {op} {client} {server} {port}"))
         }
-        Command::RoutingGuard { fwmark, table, priority } => {
-            match guard::run(PolicyRouting { fwmark, table, priority }) {
+        Command::RoutingGuard { fwmark, table, priority, instance } => {
+            match guard::run(PolicyRouting { fwmark, table, priority, instance }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, &format!("routing guard: {e:#}")),
             }

@@ -52,9 +52,10 @@ fn a_server_behind_nat_is_still_scanned() -> anyhow::Result<()> {
 
 /// PASV, two data connections, STOR, EICAR written on the second: before
 /// the fix the second was relayed unscanned and the server stored EICAR.
-/// Now only the first is the transfer's; the second is reset.
+/// Now an expectation admits one connection: the TC program drops the
+/// second's SYN (and the gateway would reset one that got through).
 #[test]
-fn a_second_data_connection_is_reset_not_relayed() -> anyhow::Result<()> {
+fn a_second_data_connection_is_dropped_not_relayed() -> anyhow::Result<()> {
     let env = FtpEnv::start("f2nd", "", "")?;
     let py = format!(
         r#"
@@ -73,11 +74,14 @@ c.sendall(b'PASV\r\n'); r = reply()
 nums = list(map(int, re.search(r'\((.*)\)', r).group(1).split(',')))
 port = nums[4] * 256 + nums[5]
 d1 = socket.create_connection(('{SERVER_V4}', port))
-d2 = socket.create_connection(('{SERVER_V4}', port))
+try:
+    d2 = socket.create_connection(('{SERVER_V4}', port), timeout=3)
+except OSError as e:
+    d2 = None; print('second:', e)
 time.sleep(0.3)
 c.sendall(b'STOR evil.com\r\n'); print('STOR', reply())
 try:
-    d2.sendall(bytes.fromhex('{e}')); d2.close()
+    if d2: d2.sendall(bytes.fromhex('{e}')); d2.close()
 except OSError as e:
     print('second:', e)
 d1.sendall(b'clean content'); d1.close()
@@ -92,7 +96,10 @@ print('final', reply())
         "EICAR stored through a second data connection: {}",
         text(&out)
     );
-    assert!(env.gw.log_text().contains("no transfer is waiting for it"), "{}", env.gw.log_text());
+    let dropped = env.gw.counter("/kernel/steer/drop_second_data/packets")?;
+    let reset = env.gw.log_text().contains("no transfer is waiting for it");
+    assert!(dropped > 0 || reset, "the second connection was neither dropped nor reset: {}", text(&out));
+    assert!(text(&out).contains("final 226"), "the first connection carried the upload: {}", text(&out));
     Ok(())
 }
 

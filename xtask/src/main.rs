@@ -12,6 +12,7 @@ mod bench_http;
 mod bench_scan;
 mod build;
 mod demo;
+mod fuzz;
 mod setup;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,17 @@ enum Command {
     /// Build a rig, start nginx and the gateway, print how to reach them and
     /// wait for Enter.
     Rig,
+    /// Coverage-guided fuzzing with cargo-fuzz (nightly; installed if
+    /// missing): every target in fuzz/, or the one named, one after the
+    /// other, then a table of executions and crashes. Fails if one crashed.
+    Fuzz {
+        /// One target (http_head, chunked, head_scan, content_decode,
+        /// icap_response, ftp_command); all of them when omitted.
+        target: Option<String>,
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,5 +115,6 @@ fn main() -> anyhow::Result<()> {
             build::gateway()?;
             demo::interactive()
         }
+        Command::Fuzz { target, minutes } => fuzz::run(target.as_deref(), minutes),
     }
 }

@@ -23,7 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "clamav-daemon",            // clamd: the real scanner (with the project's test signatures)
     "c-icap",                   // the real ICAP server …
     "libc-icap-mod-virus-scan", // … with its virus_scan module on clamd
-    "nftables",                 // the Squid comparison's interception
+    "nftables",                 // the Squid comparison's interception; counters in steering tests
+    "python3-scapy",            // crafted frames (fragments, VLAN tags, IPv6 extension headers)
 ];
 
 /// Runs every setup step.

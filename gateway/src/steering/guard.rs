@@ -4,7 +4,8 @@
 //! the gateway spawns itself as `gateway routing-guard` with a pipe on its
 //! standard input; the guard ignores termination signals and waits for the
 //! pipe to close, which happens however the gateway ends, then removes the
-//! rule and routes and exits.
+//! rule and routes of its own instance (never another's: see
+//! [`super::routing`]) and exits.
 
 use std::{
     io::Read as _,
@@ -26,6 +27,7 @@ pub fn spawn(routing: PolicyRouting) -> std::io::Result<Guard> {
         .arg(routing.fwmark.to_string())
         .arg(routing.table.to_string())
         .arg(routing.priority.to_string())
+        .arg(routing.instance.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()?;

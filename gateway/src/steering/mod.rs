@@ -22,13 +22,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, SockMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockMap},
     programs::{SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode as AyaXdpMode},
 };
-use gateway_common::{Counter, ExpectKey, ExpectValue, LpmAddr, counter, listener, steer_stat};
+use gateway_common::{Counter, ExpectKey, ExpectValue, PrefixKey, config as flags, counter, listener, steer_stat};
 use serde::Serialize;
 
-use self::keys::{expect_key, lpm_key};
+use self::keys::{expect_key, prefix_key};
 use crate::config::{self, XdpMode};
 
 /// Why steering could not be set up.
@@ -59,6 +59,9 @@ pub enum SteeringError {
     /// The object lacks a map or program this code expects.
     #[error("the eBPF object has no {0}; it was built from another version of gateway-ebpf")]
     Missing(&'static str),
+    /// A configured interface went away or changed kind since the check.
+    #[error("interface {0:?} is gone or cannot carry steering")]
+    Interface(String),
 }
 
 /// The eBPF object embedded at build time by `build.rs`.
@@ -76,7 +79,7 @@ impl Expectations {
     pub fn add(&self, client: IpAddr, server: IpAddr, port: u16, kind: u32) -> Result<(), SteeringError> {
         let key = expect_key(client, server, port);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(key, ExpectValue { kind }, 0)
+        map.insert(key, ExpectValue { kind, client_port: 0, _pad: 0 }, 0)
             .map_err(|source| SteeringError::Map { what: "adding an expectation".into(), source })
     }
 
@@ -150,9 +153,30 @@ impl Steering {
                 ports.insert(p, listener::FTP_CONTROL, 0).map_err(map_err("adding an FTP port"))?;
             }
         }
-        let bypass: Vec<ipnet::IpNet> = cfg.bypass.iter().map(|b| b.prefix).collect();
+        let mut bypass = Vec::new();
+        for b in &cfg.bypass {
+            let ifindex = match &b.interface {
+                Some(i) => iface::index(i).ok_or(SteeringError::Interface(i.clone()))?,
+                None => 0,
+            };
+            bypass.push((b.prefix, ifindex));
+        }
         fill_trie(&mut ebpf, "BYPASS", &bypass)?;
-        fill_trie(&mut ebpf, "BLOCK", &cfg.block)?;
+        let block: Vec<_> = cfg.block.iter().map(|n| (*n, 0)).collect();
+        fill_trie(&mut ebpf, "BLOCK", &block)?;
+        let mut config: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("CONFIG").ok_or(SteeringError::Missing("CONFIG map"))?)
+                .map_err(map_err("opening CONFIG"))?;
+        let f = if cfg.intercept_local { flags::flag::INTERCEPT_LOCAL } else { 0 };
+        config.set(flags::FLAGS, f, 0).map_err(map_err("setting the steering flags"))?;
+        let mut l2: HashMap<_, u32, u32> =
+            HashMap::try_from(ebpf.map_mut("L2_LEN").ok_or(SteeringError::Missing("L2_LEN map"))?)
+                .map_err(map_err("opening L2_LEN"))?;
+        for name in &cfg.interfaces {
+            let index = iface::index(name).ok_or_else(|| SteeringError::Interface(name.clone()))?;
+            let len = iface::l2_len(name).map_err(|_| SteeringError::Interface(name.clone()))?;
+            l2.insert(index, len, 0).map_err(map_err("recording an interface's link header"))?;
+        }
         let tc: &mut SchedClassifier = program(&mut ebpf, "steer")?;
         tc.load().map_err(prog_err("loading the TC program"))?;
         let lookup: &mut SkLookup = program(&mut ebpf, "reuse")?;
@@ -272,13 +296,13 @@ where
         .map_err(prog_err(&format!("finding the {name} program")))
 }
 
-fn fill_trie(ebpf: &mut Ebpf, name: &'static str, nets: &[ipnet::IpNet]) -> Result<(), SteeringError> {
+/// Fills an LPM trie with (prefix, interface index or 0).
+fn fill_trie(ebpf: &mut Ebpf, name: &'static str, nets: &[(ipnet::IpNet, u32)]) -> Result<(), SteeringError> {
     let map = ebpf.map_mut(name).ok_or(SteeringError::Missing(name))?;
-    let mut trie: LpmTrie<_, LpmAddr, u8> =
+    let mut trie: LpmTrie<_, PrefixKey, u8> =
         LpmTrie::try_from(map).map_err(|source| SteeringError::Map { what: format!("opening {name}"), source })?;
-    for net in nets {
-        let (addr, len) = lpm_key(net);
-        trie.insert(&Key::new(len, addr), 1, 0)
+    for (net, ifindex) in nets {
+        trie.insert(&prefix_key(net, *ifindex), 1, 0)
             .map_err(|source| SteeringError::Map { what: format!("adding {net} to {name}"), source })?;
     }
     Ok(())

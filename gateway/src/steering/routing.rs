@@ -2,6 +2,13 @@
 //! `fwmark M lookup T` and a route `local default dev lo table T`, for IPv4
 //! and IPv6. Without them a packet assigned to a gateway socket at TC
 //! ingress would still be forwarded, and the connection would hang.
+//!
+//! Each gateway instance takes a slot of its own (table `route_table + k`,
+//! priority `rule_priority + k`, the first `k` whose rule is absent) and
+//! marks its route with an instance number (the route's metric). Removal
+//! deletes only routes with that number, and a rule only when no other
+//! instance's route is left in its table: an old gateway's cleanup (or its
+//! guard's, woken late) can never take a newer instance's routing away.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -9,25 +16,38 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
-        route::{RouteScope, RouteType},
+        route::{RouteAttribute, RouteMessage, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
 
+/// Slots (tables and priorities) instances may take side by side.
+pub const SLOTS: u32 = 16;
+
 /// A netlink request failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} failed: {source}")]
-pub struct RoutingError {
-    what: String,
-    #[source]
-    source: std::io::Error,
+pub enum RoutingError {
+    /// The kernel refused or netlink failed.
+    #[error("{what} failed: {source}")]
+    Netlink {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every slot holds a rule.
+    #[error(
+        "all {SLOTS} routing slots for fwmark {0:#x} hold a rule (stale ones from killed instances?): remove them with `ip rule del fwmark {0:#x}`"
+    )]
+    NoSlot(u32),
 }
 
 fn err(what: impl Into<String>, e: impl std::fmt::Display) -> RoutingError {
-    RoutingError { what: what.into(), source: std::io::Error::other(e.to_string()) }
+    RoutingError::Netlink { what: what.into(), source: std::io::Error::other(e.to_string()) }
 }
 
-/// The rule and table that deliver marked packets locally.
+/// One instance's rule and table that deliver marked packets locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyRouting {
     /// fwmark set by the TC program.
@@ -36,6 +56,8 @@ pub struct PolicyRouting {
     pub table: u32,
     /// Rule priority.
     pub priority: u32,
+    /// This instance's number: the metric of its routes.
+    pub instance: u32,
 }
 
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -46,23 +68,71 @@ async fn connect() -> Result<Handle, RoutingError> {
     Ok(handle)
 }
 
+async fn rules(handle: &Handle, version: IpVersion) -> Result<Vec<RuleMessage>, RoutingError> {
+    handle.rule().get(version).execute().try_collect().await.map_err(|e| err("listing rules", e))
+}
+
+async fn routes(handle: &Handle, v6: bool) -> Result<Vec<RouteMessage>, RoutingError> {
+    let mut query = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    query.header.table = 0; // RT_TABLE_UNSPEC: dump all tables
+    handle.route().get(query).execute().try_collect().await.map_err(|e| err("listing routes", e))
+}
+
+fn rule_of(rule: &RuleMessage) -> (Option<u32>, u32, Option<u32>) {
+    let (mut mark, mut table, mut prio) = (None, u32::from(rule.header.table), None);
+    for a in &rule.attributes {
+        match a {
+            RuleAttribute::FwMark(m) => mark = Some(*m),
+            RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Priority(p) => prio = Some(*p),
+            _ => {}
+        }
+    }
+    (mark, table, prio)
+}
+
+fn route_of(route: &RouteMessage) -> (u32, u32) {
+    let (mut table, mut metric) = (u32::from(route.header.table), 0);
+    for a in &route.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => metric = *p,
+            _ => {}
+        }
+    }
+    (table, metric)
+}
+
 impl PolicyRouting {
-    /// Installs rules and routes, replacing any left by a previous run.
+    /// Takes the first slot whose rule is absent for `fwmark`.
+    pub async fn claim(fwmark: u32, base_table: u32, base_priority: u32) -> Result<PolicyRouting, RoutingError> {
+        let handle = connect().await?;
+        let mut taken = Vec::new();
+        for v in [IpVersion::V4, IpVersion::V6] {
+            for r in rules(&handle, v).await? {
+                if let (Some(m), table, _) = rule_of(&r)
+                    && m == fwmark
+                {
+                    taken.push(table);
+                }
+            }
+        }
+        let k = (0..SLOTS).find(|k| !taken.contains(&(base_table + k))).ok_or(RoutingError::NoSlot(fwmark))?;
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let instance = (std::process::id().rotate_left(16) ^ nanos) | 1;
+        Ok(PolicyRouting { fwmark, table: base_table + k, priority: base_priority + k, instance })
+    }
+
+    /// Installs this instance's routes (first, so that the rule never
+    /// points at an empty table) and rules.
     pub async fn install(&self) -> Result<(), RoutingError> {
-        self.remove().await?;
         let handle = connect().await?;
         for v6 in [false, true] {
             let family = if v6 { "IPv6" } else { "IPv4" };
-            let rule = handle
-                .rule()
-                .add()
-                .action(RuleAction::ToTable)
-                .fw_mark(self.fwmark)
-                .table_id(self.table)
-                .priority(self.priority);
-            let res = if v6 { rule.v6().execute().await } else { rule.v4().execute().await };
-            res.map_err(|e| err(format!("adding the {family} fwmark rule"), e))?;
-
             let route = if v6 {
                 RouteMessageBuilder::<Ipv6Addr>::new()
                     .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
@@ -70,6 +140,7 @@ impl PolicyRouting {
                     .kind(RouteType::Local)
                     .scope(RouteScope::Host)
                     .output_interface(LOOPBACK_IFINDEX)
+                    .priority(self.instance)
                     .build()
             } else {
                 RouteMessageBuilder::<Ipv4Addr>::new()
@@ -78,6 +149,7 @@ impl PolicyRouting {
                     .kind(RouteType::Local)
                     .scope(RouteScope::Host)
                     .output_interface(LOOPBACK_IFINDEX)
+                    .priority(self.instance)
                     .build()
             };
             handle
@@ -87,74 +159,65 @@ impl PolicyRouting {
                 .execute()
                 .await
                 .map_err(|e| err(format!("adding the {family} local route to table {}", self.table), e))?;
+            if !self.rule_present(&handle, v6).await? {
+                let rule = handle
+                    .rule()
+                    .add()
+                    .action(RuleAction::ToTable)
+                    .fw_mark(self.fwmark)
+                    .table_id(self.table)
+                    .priority(self.priority);
+                let res = if v6 { rule.v6().execute().await } else { rule.v4().execute().await };
+                res.map_err(|e| err(format!("adding the {family} fwmark rule"), e))?;
+            }
         }
         Ok(())
     }
 
-    /// Removes every rule with this fwmark and table, and every route in
-    /// the table. Idempotent.
+    async fn rule_present(&self, handle: &Handle, v6: bool) -> Result<bool, RoutingError> {
+        let v = if v6 { IpVersion::V6 } else { IpVersion::V4 };
+        Ok(rules(handle, v).await?.iter().any(|r| self.is_rule(r)))
+    }
+
+    fn is_rule(&self, r: &RuleMessage) -> bool {
+        let (mark, table, prio) = rule_of(r);
+        mark == Some(self.fwmark) && table == self.table && prio.is_none_or(|p| p == self.priority)
+    }
+
+    /// Removes this instance's routes, and its rules where no other
+    /// instance's route is left in the table. Idempotent.
     pub async fn remove(&self) -> Result<(), RoutingError> {
         let handle = connect().await?;
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> = handle
-                .rule()
-                .get(version.clone())
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| err("listing rules", e))?;
-            for rule in rules.into_iter().filter(|r| self.owns_rule(r)) {
-                handle.rule().del(rule).execute().await.map_err(|e| err("deleting a rule", e))?;
+        for (v6, version) in [(false, IpVersion::V4), (true, IpVersion::V6)] {
+            let mut others = false;
+            for route in routes(&handle, v6).await? {
+                match route_of(&route) {
+                    (t, m) if t == self.table && m == self.instance => {
+                        handle.route().del(route).execute().await.map_err(|e| err("deleting a route", e))?;
+                    }
+                    (t, _) if t == self.table => others = true,
+                    _ => {}
+                }
             }
-            let mut query = match version {
-                IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new().build(),
-                IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().build(),
-            };
-            query.header.table = 0; // RT_TABLE_UNSPEC: dump all tables
-            let routes: Vec<_> =
-                handle.route().get(query).execute().try_collect().await.map_err(|e| err("listing routes", e))?;
-            for route in routes.into_iter().filter(|r| route_table(r) == self.table) {
-                handle.route().del(route).execute().await.map_err(|e| err("deleting a route", e))?;
+            if others {
+                continue;
+            }
+            for rule in rules(&handle, version).await?.into_iter().filter(|r| self.is_rule(r)) {
+                handle.rule().del(rule).execute().await.map_err(|e| err("deleting a rule", e))?;
             }
         }
         Ok(())
     }
 
-    /// Whether any rule or route of ours is present (for tests and checks).
+    /// Whether this instance's rules and routes are all in place.
     pub async fn present(&self) -> Result<bool, RoutingError> {
         let handle = connect().await?;
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> =
-                handle.rule().get(version).execute().try_collect().await.map_err(|e| err("listing rules", e))?;
-            if rules.iter().any(|r| self.owns_rule(r)) {
-                return Ok(true);
+        for v6 in [false, true] {
+            let own = routes(&handle, v6).await?.iter().any(|r| route_of(r) == (self.table, self.instance));
+            if !own || !self.rule_present(&handle, v6).await? {
+                return Ok(false);
             }
         }
-        Ok(false)
+        Ok(true)
     }
-
-    fn owns_rule(&self, rule: &RuleMessage) -> bool {
-        let mut mark = false;
-        let mut table = u32::from(rule.header.table);
-        for a in &rule.attributes {
-            match a {
-                RuleAttribute::FwMark(m) => mark = *m == self.fwmark,
-                RuleAttribute::Table(t) => table = *t,
-                _ => {}
-            }
-        }
-        mark && table == self.table
-    }
-}
-
-fn route_table(route: &rtnetlink::packet_route::route::RouteMessage) -> u32 {
-    use rtnetlink::packet_route::route::RouteAttribute;
-    route
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(route.header.table))
 }
