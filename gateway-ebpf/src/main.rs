@@ -64,6 +64,21 @@ static LISTENERS: SockMap = SockMap::with_max_entries(listener::SLOTS, 0);
 #[map]
 static TW_SYN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
+/// A dropped first fragment's datagram (addresses, id, family): its later
+/// fragments are dropped too, so nothing of it reaches the server.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FragKey {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    id: u32,
+    v6: u32,
+}
+
+/// Datagrams whose first fragment was dropped on a steered port.
+#[map]
+static FRAG_DROPPED: LruHashMap<FragKey, u8> = LruHashMap::with_max_entries(4096, 0);
+
 /// Settings userspace may change while the programs run.
 #[map]
 static CONFIG: Array<u32> = Array::with_max_entries(config::COUNT, 0);
@@ -128,11 +143,24 @@ pub fn steer(ctx: TcContext) -> i32 {
     match packet::tc(&ctx) {
         Parsed::NotIp => TC_ACT_OK,
         Parsed::Unparsed => drop(&ctx, steer_stat::DROP_UNPARSED),
-        Parsed::Ip(p) if p.proto != Proto::Tcp || p.frag == Frag::Later => TC_ACT_OK,
+        Parsed::Ip(p) if p.proto != Proto::Tcp => TC_ACT_OK,
+        Parsed::Ip(p) if p.frag == Frag::Later => {
+            // SAFETY: map lookup of a plain key.
+            if unsafe { FRAG_DROPPED.get(&frag_key(&p)) }.is_some() {
+                drop(&ctx, steer_stat::DROP_FRAGMENT)
+            } else {
+                TC_ACT_OK
+            }
+        }
         // A TCP first fragment too short to show its ports (RFC 1858).
         Parsed::Ip(p) if !p.ports => drop(&ctx, steer_stat::DROP_FRAGMENT),
         Parsed::Ip(p) => try_steer(&ctx, &p),
     }
+}
+
+#[inline(always)]
+fn frag_key(p: &Packet) -> FragKey {
+    FragKey { saddr: p.saddr, daddr: p.daddr, id: p.frag_id, v6: u32::from(p.v6) }
 }
 
 #[inline(always)]
@@ -173,6 +201,7 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
         Err(stat) => return drop(ctx, stat),
     };
     if p.frag == Frag::First {
+        let _ = FRAG_DROPPED.insert(&frag_key(p), &1, 0);
         return drop(ctx, steer_stat::DROP_FRAGMENT);
     }
     if p.tagged {

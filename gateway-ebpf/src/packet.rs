@@ -66,6 +66,8 @@ pub struct Packet {
     /// on a listener.
     pub syn: bool,
     pub frag: Frag,
+    /// The datagram's identification (fragments only).
+    pub frag_id: u32,
     /// The packet still carries a VLAN tag in its data.
     pub tagged: bool,
 }
@@ -163,8 +165,9 @@ pub fn parse<B: Bytes>(b: &B, ethertype: u16) -> Parsed {
 
 #[inline(always)]
 fn ipv4<B: Bytes>(b: &B, off: usize, tagged: bool) -> Parsed {
-    let (Some(vihl), Some(frag), Some(p), Some(s), Some(d)) = (
+    let (Some(vihl), Some(id), Some(frag), Some(p), Some(s), Some(d)) = (
         b.load::<u8>(off),
+        b.be16(off + 4),
         b.be16(off + 6),
         b.load::<u8>(off + 9),
         b.load::<[u8; 4]>(off + 12),
@@ -183,7 +186,9 @@ fn ipv4<B: Bytes>(b: &B, off: usize, tagged: bool) -> Parsed {
     } else {
         Frag::Whole
     };
-    Parsed::Ip(transport(b, off + ihl, p, false, v4_mapped(s), v4_mapped(d), frag, tagged))
+    let mut pkt = transport(b, off + ihl, p, false, v4_mapped(s), v4_mapped(d), frag, tagged);
+    pkt.frag_id = u32::from(id);
+    Parsed::Ip(pkt)
 }
 
 #[inline(always)]
@@ -195,6 +200,7 @@ fn ipv6<B: Bytes>(b: &B, off: usize, tagged: bool) -> Parsed {
     };
     let mut l4 = off + 40;
     let mut frag = Frag::Whole;
+    let mut frag_id = 0u32;
     for _ in 0..MAX_EXT {
         match next {
             // Hop-by-hop, routing, destination options, mobility, HIP, shim6.
@@ -204,9 +210,13 @@ fn ipv6<B: Bytes>(b: &B, off: usize, tagged: bool) -> Parsed {
                 l4 += (usize::from(len) + 1) * 8;
             }
             44 => {
-                let (Some(n), Some(fo)) = (b.load::<u8>(l4), b.be16(l4 + 2)) else { return Parsed::Unparsed };
+                let (Some(n), Some(fo), Some(id)) = (b.load::<u8>(l4), b.be16(l4 + 2), b.load::<[u8; 4]>(l4 + 4))
+                else {
+                    return Parsed::Unparsed;
+                };
                 next = n;
                 l4 += 8;
+                frag_id = u32::from_be_bytes(id);
                 frag = if fo >> 3 != 0 {
                     Frag::Later
                 } else if fo & 1 != 0 {
@@ -227,7 +237,9 @@ fn ipv6<B: Bytes>(b: &B, off: usize, tagged: bool) -> Parsed {
     if matches!(next, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140) {
         return Parsed::Unparsed;
     }
-    Parsed::Ip(transport(b, l4, next, true, s, d, frag, tagged))
+    let mut pkt = transport(b, l4, next, true, s, d, frag, tagged);
+    pkt.frag_id = frag_id;
+    Parsed::Ip(pkt)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -248,7 +260,8 @@ fn transport<B: Bytes>(
         IPPROTO_ICMP | IPPROTO_ICMPV6 => Proto::Icmp,
         _ => Proto::Other,
     };
-    let mut pkt = Packet { v6, proto, saddr, daddr, sport: 0, dport: 0, ports: false, syn: false, frag, tagged };
+    let mut pkt =
+        Packet { v6, proto, saddr, daddr, sport: 0, dport: 0, ports: false, syn: false, frag, frag_id: 0, tagged };
     if frag == Frag::Later || !matches!(proto, Proto::Tcp | Proto::Udp) {
         return pkt;
     }

@@ -173,6 +173,18 @@ impl Gateway {
         self.log_text().lines().filter(|l| l.contains(" flow: ")).map(str::to_owned).collect()
     }
 
+    /// The process id of this gateway's routing guard (its child running
+    /// `gateway routing-guard`).
+    pub fn guard_pid(&self) -> Option<u32> {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat.rsplit(") ").next()?.split_whitespace().nth(1)?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (ppid == self.pid && String::from_utf8_lossy(&cmd).contains("routing-guard")).then_some(pid)
+        })
+    }
+
     /// Sends `signal` and waits for the process to exit.
     pub fn stop(self, rig: &mut Rig, signal: i32) -> anyhow::Result<std::process::ExitStatus> {
         // SAFETY: plain kill(2) on our child.

@@ -26,7 +26,13 @@ impl Nginx {
     /// Starts nginx in the server namespace on `ports` (IPv4 and IPv6).
     /// `workers` = 0 runs a single process (tests); more for benchmarks.
     pub fn start(rig: &mut Rig, ports: &[u16], workers: u32) -> anyhow::Result<Nginx> {
-        let dir = rig.dir().join("nginx");
+        Nginx::start_in(rig, Ns::Server, ports, workers)
+    }
+
+    /// Starts nginx in `ns` (the gateway's own namespace: a service of the
+    /// firewall host itself).
+    pub fn start_in(rig: &mut Rig, ns: Ns, ports: &[u16], workers: u32) -> anyhow::Result<Nginx> {
+        let dir = rig.dir().join(if ns == Ns::Server { "nginx".to_string() } else { format!("nginx-{ns:?}") });
         let www = dir.join("www");
         let uploads = www.join("upload");
         std::fs::create_dir_all(&uploads)?;
@@ -69,12 +75,12 @@ http {{
         );
         let conf_path = dir.join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let mut cmd = rig.cmd(Ns::Server, "nginx");
+        let mut cmd = rig.cmd(ns, "nginx");
         cmd.arg("-c").arg(&conf_path).arg("-e").arg(dir.join("error.log"));
         let pid = rig.spawn(cmd, &dir.join("stdout.log"))?;
         let port = ports.first().copied().unwrap_or(80).to_string();
         wait_for("nginx to listen", Duration::from_secs(10), || {
-            let out = rig.run(Ns::Server, "ss", &["-Hltn", &format!("sport = :{port}")]).ok()?;
+            let out = rig.run(ns, "ss", &["-Hltn", &format!("sport = :{port}")]).ok()?;
             (!out.stdout.is_empty()).then_some(())
         })
         .with_context(|| std::fs::read_to_string(dir.join("error.log")).unwrap_or_default())?;

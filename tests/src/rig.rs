@@ -54,6 +54,8 @@ pub enum Ns {
 /// A three-namespace rig; dropping it removes everything.
 pub struct Rig {
     names: [String; 3],
+    /// Namespaces a test added ([`Rig::add_ns`]), removed with the rig.
+    extra: Vec<String>,
     dir: PathBuf,
     children: Vec<Child>,
 }
@@ -67,7 +69,7 @@ impl Rig {
         let names = [format!("{id}-c"), format!("{id}-g"), format!("{id}-s")];
         let dir = std::env::temp_dir().join(&id);
         // Construct first so that Drop cleans up whatever part was made.
-        let rig = Rig { names, dir, children: Vec::new() };
+        let rig = Rig { names, extra: Vec::new(), dir, children: Vec::new() };
         std::fs::create_dir_all(&rig.dir)?;
         rig.build().with_context(|| format!("building rig {id}"))?;
         Ok(rig)
@@ -106,6 +108,16 @@ impl Rig {
         self.ip(s, "-6 route add default via fd00:19::1")?;
         run_ok(self.cmd(g, "sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]))?;
         Ok(())
+    }
+
+    /// Adds a namespace of the test's own (named after the rig), removed
+    /// with the rig; returns its name.
+    pub fn add_ns(&mut self, suffix: &str) -> anyhow::Result<String> {
+        let name = format!("{}-{suffix}", self.names[0].trim_end_matches("-c"));
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        self.extra.push(name.clone());
+        run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]))?;
+        Ok(name)
     }
 
     /// The namespace's name.
@@ -162,6 +174,34 @@ impl Rig {
         self.run(Ns::Client, "curl", args)
     }
 
+    /// Starts counting, in `ns`, every packet that arrives from the client
+    /// subnets (IPv4 198.18.0.0/16, IPv6 fd00:18::/64), before
+    /// defragmentation: in the server namespace, anything counted got
+    /// past the gateway unsteered.
+    pub fn watch_clients(&self, ns: Ns) -> anyhow::Result<()> {
+        let rules = "table inet watch {\n chain pre {\n  type filter hook prerouting priority -500;\n  \
+                     ip saddr 198.18.0.0/16 counter\n  ip6 saddr fd00:18::/64 counter\n }\n}\n";
+        let path = self.dir.join(format!("watch-{ns:?}.nft"));
+        std::fs::write(&path, rules)?;
+        run_ok(self.cmd(ns, "nft").arg("-f").arg(&path)).map(|_| ())
+    }
+
+    /// Packets counted by [`Rig::watch_clients`] in `ns` so far.
+    pub fn packets_from_clients(&self, ns: Ns) -> anyhow::Result<u64> {
+        let out = run_ok(self.cmd(ns, "nft").args(["list", "table", "inet", "watch"]))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split("packets ")
+            .skip(1)
+            .filter_map(|p| p.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    /// The MAC address of the gateway's client-facing interface.
+    pub fn gateway_mac(&self) -> anyhow::Result<String> {
+        let out = run_ok(self.cmd(Ns::Gateway, "cat").arg(format!("/sys/class/net/{CLIENT_IFACE}/address")))?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// A URL on the server.
     pub fn url(&self, ip: IpAddr, port: u16, path: &str) -> String {
         match ip {
@@ -175,7 +215,7 @@ impl Drop for Rig {
     fn drop(&mut self) {
         // Kill everything inside our namespaces (also what our children
         // started), then delete them; the veths go with them.
-        for n in &self.names {
+        for n in self.names.iter().chain(&self.extra) {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", n]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                     if let Ok(pid) = pid.parse::<i32>() {
@@ -189,7 +229,7 @@ impl Drop for Rig {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for n in &self.names {
+        for n in self.names.iter().chain(&self.extra) {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
         if std::env::var_os("RIG_KEEP").is_none() {

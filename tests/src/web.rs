@@ -141,6 +141,8 @@ pub struct WebSettings<'a> {
     pub http: &'a str,
     /// Extra `[proxy]` lines.
     pub proxy: &'a str,
+    /// Extra `[steering]` lines.
+    pub steering: &'a str,
     /// Scan through c-icap (in the gateway namespace) instead of clamd.
     pub icap: bool,
     /// Python run by the origin before it serves (to add routes).
@@ -179,13 +181,9 @@ impl Web {
         } else {
             format!("clamd = \"{}\"\n{}", clamd.addr(), s.scan)
         };
-        let settings = Settings {
-            steering: "http_ports = [80, 8081]",
-            scan: &scan,
-            http: s.http,
-            proxy: s.proxy,
-            ..Settings::default()
-        };
+        let steering = format!("http_ports = [80, 8081]\n{}", s.steering);
+        let settings =
+            Settings { steering: &steering, scan: &scan, http: s.http, proxy: s.proxy, ..Settings::default() };
         let gw = Gateway::start(&mut rig, &settings)?;
         Ok(Web { rig, nginx, clamd, gw: Some(gw) })
     }
