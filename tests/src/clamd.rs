@@ -56,8 +56,12 @@ fn tmpfs_dir(dir: &Path) -> PathBuf {
     if !shm.is_dir() {
         return dir.join("tmp");
     }
+    // One per instance: a clamd started again in the same place must not
+    // lose its directory when the old one's guard removes its own.
+    static SERIAL: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name: String = dir.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    shm.join(format!("gateway-clamd{name}"))
+    shm.join(format!("gateway-clamd{name}-{n}"))
 }
 
 impl Clamd {
@@ -125,8 +129,10 @@ impl Clamd {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // Only a socket this clamd made: a clamd started in the same
+            // place since keeps its own.
+            let _ = std::fs::remove_file(&self.socket);
         }
-        let _ = std::fs::remove_file(&self.socket);
     }
 }
 

@@ -19,7 +19,7 @@ use crate::{
 
 /// The origin server (Python, port 8081); `sys.argv[1]` may add routes.
 pub const ORIGIN: &str = r#"
-import brotli, gzip, socket, threading, time, zlib
+import brotli, gzip, socket, struct, threading, time, zlib
 E = b'X5O!P%@AP[4\\PZX54(P^)7CC)7}$' + b'EICAR-STANDARD-' + b'ANTIVIRUS-TEST-FILE!$H+H*'
 def resp(head, body=b''):
     return head.replace('\n', '\r\n').encode() + b'\r\n' + body
@@ -71,13 +71,18 @@ def stall(c):
         time.sleep(60)
     except OSError:
         pass
+def reset_mid(c):
+    # 2 MiB of a declared 4 MiB, then a reset
+    c.sendall(resp('HTTP/1.1 200 OK\nContent-Length: %d\n' % (4 << 20)) + PATTERN * 32)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    c.close()
 PATTERN = bytes((i * 7 + 3) % 251 for i in range(65536))
 LAZY = {
  '/bomb': lambda: bomb(1, 2),
  '/gz3-eicar': lambda: clen('Content-Encoding: gzip, gzip, gzip\n', gzip.compress(gzip.compress(gzip.compress(E)))),
  '/zeros-gz-20m': lambda: clen('Content-Encoding: gzip\n', gzip.compress(bytes(20 << 20), 1)),
 }
-STREAM = {'/endless': endless, '/stall': stall}
+STREAM = {'/endless': endless, '/stall': stall, '/reset-mid': reset_mid}
 def serve(c):
     buf = b''
     while True:

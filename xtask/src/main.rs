@@ -14,6 +14,7 @@ mod build;
 mod demo;
 mod fuzz;
 mod setup;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -58,6 +59,16 @@ enum Command {
     /// Build a rig, start nginx and the gateway, print how to reach them and
     /// wait for Enter.
     Rig,
+    /// Mixed traffic through the gateway for a long time, then checks that
+    /// nothing was refused, delivered infected or corrupted, or leaked.
+    Soak {
+        /// Minutes of load.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
     /// Coverage-guided fuzzing with cargo-fuzz (nightly; installed if
     /// missing): every target in fuzz/, or the one named, one after the
     /// other, then a table of executions and crashes. Fails if one crashed.
@@ -109,6 +120,11 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => unreachable!("clap restricts the value"),
             }
+        }
+        Command::Soak { minutes, connections } => {
+            setup::run()?;
+            build::gateway()?;
+            soak::soak(minutes, connections)
         }
         Command::Rig => {
             setup::run()?;

@@ -1,27 +1,26 @@
-//! The configuration file (TOML): parsing, defaults and validation, one
-//! module per section.
+//! The configuration file (TOML): parsing, defaults and validation.
+//!
+//! Each section's settings and their checks live beside the code they set
+//! (`steering::settings`, `proxy::settings`, `proxy::http::settings`,
+//! `proxy::ftp::settings`, `scan::settings`); this module reads the file
+//! and assembles them, so no layer below imports the configuration.
 //!
 //! Every key is documented, with its default, in `config/gateway.toml` at
 //! the repository root. Unknown keys are errors: a typo in a firewall's
 //! configuration must not silently fall back to a default.
 
-mod ftp;
-mod http;
-mod proxy;
-mod scan;
-mod steering;
-pub mod units;
-
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use self::{
-    ftp::Ftp,
-    http::{Http, Passage},
-    proxy::Proxy,
-    scan::{Scan, ScanBackend},
-    steering::{Bypass, Steering, XdpMode},
+pub use crate::{
+    proxy::{
+        ftp::settings::Ftp,
+        http::settings::{Http, Passage},
+        settings::Proxy,
+    },
+    scan::settings::{Scan, ScanBackend},
+    steering::settings::{Bypass, Steering, XdpMode},
 };
 
 /// Why a configuration could not be used. Each message is one sentence
@@ -195,5 +194,42 @@ mod tests {
                 "config/gateway.toml does not document {key:?}"
             );
         }
+    }
+
+    #[test]
+    fn bad_cidr_is_rejected() {
+        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_interface_is_rejected() {
+        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n").unwrap_err().to_string();
+        assert!(e.contains("\"nosuch0\""), "{e}");
+    }
+
+    #[test]
+    fn ipv4_written_as_ipv6_is_refused_and_families_stay_apart() {
+        for p in ["::ffff:0:0/96", "::ffff:198.18.0.0/120", "::198.18.0.0/120"] {
+            let e = parse(&format!("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"{p}\"]\n")).unwrap_err().to_string();
+            assert!(e.contains("write it as IPv4"), "{p}: {e}");
+        }
+        // All of IPv6 is a prefix of its own family only.
+        let c = parse("[steering]\ninterfaces = [\"lo\"]\nblock = [\"::/0\"]\n").unwrap();
+        assert_eq!(c.steering.block.len(), 1);
+    }
+
+    #[test]
+    fn bypass_entries_may_name_an_interface() {
+        let c = parse(
+            "[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/8\", { prefix = \"10.1.0.0/16\", interface = \"lo\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.steering.bypass[1].interface.as_deref(), Some("lo"));
+        let e =
+            parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [{ prefix = \"10.1.0.0/16\", interface = \"eth7\" }]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("not in steering.interfaces"), "{e}");
     }
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod limits;
 pub mod listener;
 pub mod relay;
+pub mod settings;
 
 use std::{
     net::SocketAddr,
@@ -23,12 +24,12 @@ use std::{
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use self::settings::Proxy as Settings;
 use self::{
     limits::{Caps, Refusal},
     relay::Counts,
 };
 use crate::{
-    config,
     net::{Dialer, reset_on_close},
     scan::Scanner,
     stats::{ActiveFlow, Stats},
@@ -81,7 +82,7 @@ pub struct Shared {
 /// What every flow handler needs.
 pub struct Proxy {
     /// `[proxy]` settings.
-    pub config: config::Proxy,
+    pub config: Settings,
     /// The shared set.
     pub shared: Shared,
     /// Connection caps.

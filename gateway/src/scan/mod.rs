@@ -16,6 +16,7 @@ pub mod clamd;
 pub mod files;
 pub mod icap;
 mod meta;
+pub mod settings;
 
 use std::{sync::Arc, time::Instant};
 
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::mpsc, task::JoinHandle};
 
+use self::settings::{Scan as Settings, ScanBackend};
 pub use self::{
     backend::Backend,
     meta::{Direction, ScanMeta},
@@ -32,7 +34,6 @@ use self::{
     icap::{IcapClient, IcapSettings},
 };
 use crate::{
-    config,
     decide::Decider,
     spool::{Budget, Spool, SpoolConfig},
     verdict::{ErrorKind, Outcome, Verdict},
@@ -68,13 +69,13 @@ pub struct Scanner {
 
 impl Scanner {
     /// Builds the scanner from `[scan]`.
-    pub fn new(cfg: &config::Scan, decider: Arc<Decider>) -> Result<Scanner, SetupError> {
+    pub fn new(cfg: &Settings, decider: Arc<Decider>) -> Result<Scanner, SetupError> {
         let backend: Box<dyn Backend> = match cfg.backend {
-            config::ScanBackend::Clamd => {
+            ScanBackend::Clamd => {
                 let addr = cfg.clamd.first().ok_or(SetupError::Empty("clamd"))?;
                 Box::new(Clamd::new(ClamdAddr::parse(addr)?, cfg.io_timeout.0, cfg.max_scans, cfg.queue_timeout.0))
             }
-            config::ScanBackend::Icap => Box::new(IcapClient::new(
+            ScanBackend::Icap => Box::new(IcapClient::new(
                 &cfg.icap,
                 IcapSettings {
                     io_timeout: cfg.io_timeout.0,
@@ -108,7 +109,7 @@ impl Scanner {
     /// A scanner with a decider of its own (`gateway scan`, library use):
     /// `[scan]`'s policy (undecodable bodies blocked), its verdict cache,
     /// detection records to the log only.
-    pub fn standalone(cfg: &config::Scan) -> Result<Scanner, SetupError> {
+    pub fn standalone(cfg: &Settings) -> Result<Scanner, SetupError> {
         let cache = crate::cache::VerdictCache::new(cfg.cache_ttl.0, cfg.cache_entries);
         let detections = Arc::new(crate::detections::Detections::log_only());
         let policy = cfg.policy(crate::policy::Action::Block);
@@ -148,6 +149,7 @@ impl Scanner {
             early: None,
             partial: None,
             stopped_scanning: false,
+            clean: false,
             hasher: Sha256::new(),
             scanned: 0,
         }
@@ -168,6 +170,9 @@ pub struct Session {
     partial: Option<Verdict>,
     /// Whether [`Session::scan_only_so_far`] ended the scan.
     stopped_scanning: bool,
+    /// The backend answered clean before the body ended (ICAP 204 in the
+    /// preview).
+    clean: bool,
     hasher: Sha256,
     scanned: u64,
 }
@@ -302,10 +307,24 @@ impl Session {
             let part = rest.split_to(rest.len().min(MAX_CHUNK));
             let Some(tx) = &self.tx else { return };
             if tx.send(part).await.is_err() {
-                // The backend already decided (ICAP 204 in the preview, or
-                // an error); the verdict is waiting in the task.
+                // The backend decided before the body's end (ICAP 204 or an
+                // infection in the preview, or it failed).
                 self.tx = None;
+                self.backend_ended().await;
             }
+        }
+    }
+
+    /// The backend stopped taking the body: a verdict other than clean
+    /// (an infection, a scanner that died) is final, and the caller need
+    /// not read the rest of the body to learn it.
+    async fn backend_ended(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        let v = task.await.unwrap_or_else(|e| Verdict::error(ErrorKind::Io, format!("scan task failed: {e}")));
+        if v == Verdict::Clean {
+            self.clean = true;
+        } else {
+            self.early = Some(v);
         }
     }
 
@@ -316,7 +335,11 @@ impl Session {
         let sha256: [u8; 32] = self.hasher.clone().finalize().into();
         let ready = match self.early.take() {
             Some(v) => Some((v, false)),
-            None => self.scanner.decider.known_body(&sha256).map(|v| (v, true)),
+            None => match self.scanner.decider.known_body(&sha256) {
+                Some(v) => Some((v, true)),
+                None if self.clean => Some((Verdict::Clean, false)),
+                None => None,
+            },
         };
         let mut task = self.task.take();
         if ready.is_some()

@@ -9,10 +9,10 @@
 //! process is killed.
 
 pub mod guard;
-pub mod iface;
 pub mod keys;
 pub mod preflight;
 pub mod routing;
+pub mod settings;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -29,7 +29,7 @@ use gateway_common::{Counter, ExpectKey, ExpectValue, PrefixKey, config as flags
 use serde::Serialize;
 
 use self::keys::{expect_key, prefix_key};
-use crate::config::{self, XdpMode};
+use self::settings::{Steering as Settings, XdpMode};
 
 /// Why steering could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +137,7 @@ impl Steering {
     /// Loads the programs and fills the configuration maps; nothing is
     /// attached yet, so listeners can be registered before the first
     /// packet is steered ([`Steering::attach`]).
-    pub fn load(cfg: &config::Steering) -> Result<Steering, SteeringError> {
+    pub fn load(cfg: &Settings) -> Result<Steering, SteeringError> {
         let mut ebpf = EbpfLoader::new()
             .override_global("FWMARK", &cfg.fwmark, true)
             .load(EBPF_OBJECT)
@@ -156,7 +156,7 @@ impl Steering {
         let mut bypass = Vec::new();
         for b in &cfg.bypass {
             let ifindex = match &b.interface {
-                Some(i) => iface::index(i).ok_or(SteeringError::Interface(i.clone()))?,
+                Some(i) => crate::netdev::index(i).ok_or(SteeringError::Interface(i.clone()))?,
                 None => 0,
             };
             bypass.push((b.prefix, ifindex));
@@ -173,8 +173,8 @@ impl Steering {
             HashMap::try_from(ebpf.map_mut("L2_LEN").ok_or(SteeringError::Missing("L2_LEN map"))?)
                 .map_err(map_err("opening L2_LEN"))?;
         for name in &cfg.interfaces {
-            let index = iface::index(name).ok_or_else(|| SteeringError::Interface(name.clone()))?;
-            let len = iface::l2_len(name).map_err(|_| SteeringError::Interface(name.clone()))?;
+            let index = crate::netdev::index(name).ok_or_else(|| SteeringError::Interface(name.clone()))?;
+            let len = crate::netdev::l2_len(name).map_err(|_| SteeringError::Interface(name.clone()))?;
             l2.insert(index, len, 0).map_err(map_err("recording an interface's link header"))?;
         }
         let tc: &mut SchedClassifier = program(&mut ebpf, "steer")?;
@@ -211,7 +211,7 @@ impl Steering {
 
     /// Attaches the programs: TC and XDP to every configured interface,
     /// sk_lookup to this network namespace.
-    pub fn attach(&mut self, cfg: &config::Steering) -> Result<(), SteeringError> {
+    pub fn attach(&mut self, cfg: &Settings) -> Result<(), SteeringError> {
         let tc: &mut SchedClassifier = program(&mut self.ebpf, "steer")?;
         for iface in &cfg.interfaces {
             tc.attach(iface, TcAttachType::Ingress)

@@ -11,24 +11,26 @@ pub mod data;
 pub mod expect;
 mod lines;
 mod session;
+pub mod settings;
 mod transfer;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpStream;
 
+use self::settings::Ftp;
 use self::{
     expect::Waiters,
     lines::{LineError, Lines},
     session::{Event, Next, Session},
 };
 use super::{Shared, relay};
-use crate::{config, steering::Expectations};
+use crate::steering::Expectations;
 
 /// What the FTP gateway needs besides the connection.
 pub struct FtpContext {
     /// `[ftp]`.
-    pub cfg: config::Ftp,
+    pub cfg: Ftp,
     /// The scanner, counters and dialer shared with the HTTP proxy.
     pub shared: Shared,
     /// The eBPF expectations map.

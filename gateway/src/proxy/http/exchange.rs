@@ -13,9 +13,9 @@ use super::{
     error::{Cause, HttpError, Stage},
     head::{self, Framing, Head, Limits},
     page,
+    settings::Passage,
 };
 use crate::{
-    config::Passage,
     detections,
     net::reset_on_close,
     proxy::relay::{self, Counts},

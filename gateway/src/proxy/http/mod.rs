@@ -19,18 +19,20 @@ pub mod head;
 mod outgoing;
 pub mod page;
 mod receive;
+pub mod settings;
 mod trickle;
 
 use std::net::SocketAddr;
 
+use self::settings::Http;
 use self::{exchange::Flow, page::BlockPage};
 use super::{Shared, relay::Counts};
-use crate::{config, transport::Transport};
+use crate::transport::Transport;
 
 /// What the HTTP proxy needs besides the connection.
 pub struct HttpContext {
     /// `[http]`.
-    pub cfg: config::Http,
+    pub cfg: Http,
     /// The scanner, counters and dialer shared with the FTP gateway.
     pub shared: Shared,
     /// The block page.

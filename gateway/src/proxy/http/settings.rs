@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Size, Span};
 use crate::policy::Action;
+use crate::units::{Size, Span};
 
 /// `[http]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -19,7 +19,7 @@ pub struct Http {
     pub block_page: PathBuf,
     /// When a scan has not finished this long after the response head
     /// arrived, send the head and trickle the body (`None`: "off").
-    #[serde(deserialize_with = "super::units::off_or_span")]
+    #[serde(deserialize_with = "crate::units::off_or_span")]
     pub trickle_after: Option<Span>,
     /// Bytes sent per `trickle_after` interval while trickling.
     pub trickle_bytes: Size,
@@ -81,7 +81,7 @@ impl Default for Http {
 }
 
 impl Http {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.trickle_after.is_some_and(|t| t.0.is_zero()) {
             return Err("http.trickle_after must be longer than 0 (or \"off\")".into());
         }

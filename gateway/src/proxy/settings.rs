@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::Span;
+use crate::units::Span;
 
 /// `[proxy]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -52,7 +52,7 @@ impl Default for Proxy {
 }
 
 impl Proxy {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let ports = [self.http_listener_port, self.ftp_listener_port, self.ftp_data_listener_port];
         if ports.contains(&0) || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
             return Err("proxy listener ports must be distinct and non-zero".into());

@@ -1,4 +1,5 @@
-//! Which interfaces the programs can steer on: they must exist, carry
+//! The host's network devices, as steering needs to know them: which
+//! interfaces the programs can steer on: they must exist, carry
 //! Ethernet or bare IP (tun, WireGuard, PPP, IP tunnels), and must not be
 //! enslaved to a bridge or bond (the assignment of a socket does not
 //! survive the bridge: steering there would silently break HTTP and FTP

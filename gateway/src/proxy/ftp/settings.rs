@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Size, Span};
+use crate::units::{Size, Span};
 
 /// `[ftp]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -53,7 +53,7 @@ impl Default for Ftp {
 }
 
 impl Ftp {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.max_line < 512 {
             return Err("ftp.max_line must be at least 512 (RFC 959 lines)".into());
         }

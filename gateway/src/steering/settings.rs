@@ -117,12 +117,12 @@ impl<'de> Deserialize<'de> for Bypass {
 impl Steering {
     /// Ports, marks and prefixes; interfaces must exist and be of a kind
     /// the programs can steer on.
-    pub(super) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.interfaces.is_empty() {
             return Err("steering.interfaces is empty: name at least one client-facing interface".into());
         }
         for name in &self.interfaces {
-            crate::steering::iface::check(name)?;
+            crate::netdev::check(name)?;
         }
         for b in &self.bypass {
             if let Some(i) = &b.interface
@@ -169,46 +169,4 @@ fn check_family(key: &str, net: &IpNet) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::tests::parse;
-
-    #[test]
-    fn bad_cidr_is_rejected() {
-        let e = parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
-        assert!(e.contains("line 3"), "{e}");
-    }
-
-    #[test]
-    fn unknown_interface_is_rejected() {
-        let e = parse("[steering]\ninterfaces = [\"nosuch0\"]\n").unwrap_err().to_string();
-        assert!(e.contains("\"nosuch0\""), "{e}");
-    }
-
-    #[test]
-    fn ipv4_written_as_ipv6_is_refused_and_families_stay_apart() {
-        for p in ["::ffff:0:0/96", "::ffff:198.18.0.0/120", "::198.18.0.0/120"] {
-            let e = parse(&format!("[steering]\ninterfaces = [\"lo\"]\nbypass = [\"{p}\"]\n")).unwrap_err().to_string();
-            assert!(e.contains("write it as IPv4"), "{p}: {e}");
-        }
-        // All of IPv6 is a prefix of its own family only.
-        let c = parse("[steering]\ninterfaces = [\"lo\"]\nblock = [\"::/0\"]\n").unwrap();
-        assert_eq!(c.steering.block.len(), 1);
-    }
-
-    #[test]
-    fn bypass_entries_may_name_an_interface() {
-        let c = parse(
-            "[steering]\ninterfaces = [\"lo\"]\nbypass = [\"10.0.0.0/8\", { prefix = \"10.1.0.0/16\", interface = \"lo\" }]\n",
-        )
-        .unwrap();
-        assert_eq!(c.steering.bypass[1].interface.as_deref(), Some("lo"));
-        let e =
-            parse("[steering]\ninterfaces = [\"lo\"]\nbypass = [{ prefix = \"10.1.0.0/16\", interface = \"eth7\" }]\n")
-                .unwrap_err()
-                .to_string();
-        assert!(e.contains("not in steering.interfaces"), "{e}");
-    }
 }

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Size, Span};
 use crate::policy::{Action, Policy};
+use crate::units::{Size, Span};
 
 /// Which scanner bodies go to.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -24,10 +24,10 @@ pub struct Scan {
     /// `clamd` or `icap`.
     pub backend: ScanBackend,
     /// clamd addresses: `unix:PATH` or `tcp:HOST:PORT`.
-    #[serde(deserialize_with = "super::units::one_or_many")]
+    #[serde(deserialize_with = "crate::units::one_or_many")]
     pub clamd: Vec<String>,
     /// ICAP services in order of preference.
-    #[serde(deserialize_with = "super::units::one_or_many")]
+    #[serde(deserialize_with = "crate::units::one_or_many")]
     pub icap: Vec<String>,
     /// Scanner errors: `block` (fail closed) or `allow` (fail open).
     pub on_error: Action,
