@@ -134,23 +134,9 @@ impl PolicyRouting {
         for v6 in [false, true] {
             let family = if v6 { "IPv6" } else { "IPv4" };
             let route = if v6 {
-                RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-                    .table_id(self.table)
-                    .kind(RouteType::Local)
-                    .scope(RouteScope::Host)
-                    .output_interface(LOOPBACK_IFINDEX)
-                    .priority(self.instance)
-                    .build()
+                self.local_route(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(Ipv6Addr::UNSPECIFIED, 0))
             } else {
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-                    .table_id(self.table)
-                    .kind(RouteType::Local)
-                    .scope(RouteScope::Host)
-                    .output_interface(LOOPBACK_IFINDEX)
-                    .priority(self.instance)
-                    .build()
+                self.local_route(RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0))
             };
             handle
                 .route()
@@ -172,6 +158,16 @@ impl PolicyRouting {
             }
         }
         Ok(())
+    }
+
+    /// `local default dev lo` in this instance's table, with its number.
+    fn local_route<T>(&self, b: RouteMessageBuilder<T>) -> RouteMessage {
+        b.table_id(self.table)
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .output_interface(LOOPBACK_IFINDEX)
+            .priority(self.instance)
+            .build()
     }
 
     async fn rule_present(&self, handle: &Handle, v6: bool) -> Result<bool, RoutingError> {
