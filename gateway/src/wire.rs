@@ -113,15 +113,32 @@ pub struct Step {
     pub data: Option<Range<usize>>,
 }
 
-/// Incremental decoder of chunked transfer coding (RFC 9112 §7.1), strict:
-/// hex digits only in sizes (at most 16), CRLF line endings, CRLF after
-/// each chunk's data, trailer lines that look like header fields.
-/// Extensions (`;name=value`, `; ieof`) are accepted and ignored.
+/// Which chunked bodies a decoder accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkRules {
+    /// RFC 9112 §7.1 as written: hex digits only in sizes (at most 16),
+    /// CRLF line endings, CRLF after each chunk's data, trailer lines that
+    /// look like header fields. For requests, which go on to servers whose
+    /// parsers differ.
+    Strict,
+    /// What Chromium's `HttpChunkedDecoder` accepts, for responses (which
+    /// the gateway re-frames before anyone else reads them): LF or CRLF,
+    /// trailing spaces after the size, sizes below 2^63, any trailer lines.
+    Browser,
+}
+
+/// Longest framing line a browser-rules decoder accepts (Chromium's
+/// `kMaxLineBufLen`).
+pub const BROWSER_MAX_LINE: usize = 16 * 1024;
+
+/// Incremental decoder of chunked transfer coding (RFC 9112 §7.1) under
+/// [`ChunkRules`]. Extensions (`;name=value`, `; ieof`) are ignored.
 #[derive(Debug, Clone)]
 pub struct ChunkedDecoder {
     state: ChunkState,
     line: Vec<u8>,
     max_line: usize,
+    rules: ChunkRules,
 }
 
 impl Default for ChunkedDecoder {
@@ -131,9 +148,14 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
-    /// A decoder that refuses framing lines longer than `max_line`.
+    /// A strict decoder that refuses framing lines longer than `max_line`.
     pub fn new(max_line: usize) -> ChunkedDecoder {
-        ChunkedDecoder { state: ChunkState::Size, line: Vec::new(), max_line }
+        ChunkedDecoder { state: ChunkState::Size, line: Vec::new(), max_line, rules: ChunkRules::Strict }
+    }
+
+    /// A decoder under Chromium's rules.
+    pub fn browser() -> ChunkedDecoder {
+        ChunkedDecoder { rules: ChunkRules::Browser, ..ChunkedDecoder::new(BROWSER_MAX_LINE) }
     }
 
     /// Whether the last chunk and the trailer have been read.
@@ -191,6 +213,9 @@ impl ChunkedDecoder {
     }
 
     fn end_line(&mut self, raw: &[u8]) -> Result<(), ChunkError> {
+        if self.rules == ChunkRules::Browser {
+            return self.end_browser_line(raw.strip_suffix(b"\r").unwrap_or(raw));
+        }
         let line = raw.strip_suffix(b"\r").ok_or(ChunkError::LineEnding)?;
         if line.contains(&b'\r') {
             return Err(ChunkError::LineEnding);
@@ -206,6 +231,23 @@ impl ChunkedDecoder {
             ChunkState::Trailer if line[0] == b' ' || line[0] == b'\t' || !line.contains(&b':') => {
                 return Err(ChunkError::Trailer);
             }
+            other => other,
+        };
+        Ok(())
+    }
+
+    /// A line (one CR before its LF already removed) under Chromium's rules:
+    /// the size is hex up to `;`, then only spaces; the line after a chunk's
+    /// data is empty; trailer lines are skipped whatever they hold.
+    fn end_browser_line(&mut self, line: &[u8]) -> Result<(), ChunkError> {
+        self.state = match self.state {
+            ChunkState::Size => match browser_chunk_size(line)? {
+                0 => ChunkState::Trailer,
+                n => ChunkState::Data(n),
+            },
+            ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
+            ChunkState::DataEnd => return Err(ChunkError::DataEnd),
+            ChunkState::Trailer if line.is_empty() => ChunkState::Done,
             other => other,
         };
         Ok(())
@@ -237,6 +279,22 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
     }
     let s = std::str::from_utf8(size).map_err(|_| bad())?;
     u64::from_str_radix(s, 16).map_err(|_| bad())
+}
+
+/// Chromium's `ParseChunkSize`: everything from `;` on is ignored, then
+/// trailing spaces; what is left must be hex digits (no sign, no `0x`)
+/// worth less than 2^63.
+fn browser_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
+    let bad = || ChunkError::Size(String::from_utf8_lossy(line).into_owned());
+    let mut size = line.split(|&b| b == b';').next().unwrap_or_default();
+    while let Some(s) = size.strip_suffix(b" ") {
+        size = s;
+    }
+    if size.is_empty() || !size.iter().all(u8::is_ascii_hexdigit) {
+        return Err(bad());
+    }
+    let digits = std::str::from_utf8(size).map_err(|_| bad())?;
+    u64::from_str_radix(digits, 16).ok().filter(|&n| n < 1 << 63).ok_or_else(bad)
 }
 
 #[cfg(test)]
@@ -313,6 +371,41 @@ mod tests {
         }
         let mut d = ChunkedDecoder::new(8);
         assert_eq!(d.decode_into(b"1;aaaaaaaaaaaaaaa", &mut Vec::new()), Err(ChunkError::LineTooLong(8)));
+    }
+
+    fn browser(input: &[u8]) -> Result<(Vec<u8>, bool), ChunkError> {
+        let mut d = ChunkedDecoder::browser();
+        let mut out = Vec::new();
+        d.decode_into(input, &mut out)?;
+        Ok((out, d.done()))
+    }
+
+    #[test]
+    fn browser_rules_follow_chromium() {
+        let ok = |input: &[u8], body: &[u8]| assert_eq!(browser(input).unwrap(), (body.to_vec(), true));
+        ok(b"5\nhello\n0\n\n", b"hello");
+        ok(b"5      \r\nhello\r\n0\r\n\r\n", b"hello");
+        ok(b"5 ;foo\r\nhello\r\n0;x=1\r\n\r\n", b"hello");
+        ok(b"0005\r\nhello\r\n00\r\nnot a header\r\nContent-Length: 9\r\n\r\n", b"hello");
+        ok(b"9\r\nhe\r\n0\r\n\r\n\r\n0\r\n\r\n", b"he\r\n0\r\n\r\n");
+        for bad in [
+            &b"5\t\r\nhello\r\n0\r\n\r\n"[..],
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"+5\r\nhello\r\n0\r\n\r\n",
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello0\r\n\r\n",
+            b"5\r\nhello\r\n\r\n5\r\nworld\r\n0\r\n\r\n",
+            b"\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"8000000000000000\r\nhello\r\n",
+            b"5\x00\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(browser(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Cut short: not an error of the framing, but not done either.
+        assert_eq!(browser(b"5\r\nhello\r\n0\r\n").unwrap(), (b"hello".to_vec(), false));
+        let long = [&b"5;"[..], &vec![b'a'; BROWSER_MAX_LINE][..], b"\r\n"].concat();
+        assert_eq!(browser(&long), Err(ChunkError::LineTooLong(BROWSER_MAX_LINE)));
     }
 
     #[test]

@@ -36,6 +36,8 @@ R = {
  '/rawdeflate-eicar': clen('Content-Encoding: deflate\n', zlib.compress(E, wbits=-15)),
  '/bad-gzip': clen('Content-Encoding: gzip\n', b'this is not gzip at all'),
  '/compress': clen('Content-Encoding: compress\n', b'whatever'),
+ '/foo-eicar': clen('Content-Encoding: foo\n', E),
+ '/identity-gz-eicar': clen('Content-Encoding: identity, gzip\n', gzip.compress(E)),
  '/chunked1-eicar': resp('HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n', b''.join(b'1\r\n' + bytes([c]) + b'\r\n' for c in E) + b'0\r\n\r\n'),
  '/close-eicar': resp('HTTP/1.0 200 OK\n', E),
  '/close-clean': resp('HTTP/1.0 200 OK\n', b'clean body until close'),

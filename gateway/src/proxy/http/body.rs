@@ -1,7 +1,9 @@
-//! Reading message bodies by their framing, strictly: a chunk size that is
-//! not plain hex, a missing CRLF after chunk data, or a body cut short is an
-//! error, never a guess. Chunked framing goes through the crate's one
-//! decoder ([`crate::wire::ChunkedDecoder`]).
+//! Reading message bodies by their framing. Request bodies are read
+//! strictly (a chunk size that is not plain hex, a missing CRLF after chunk
+//! data is an error, never a guess); response bodies as Chromium reads them
+//! (the gateway re-frames them, so no one downstream reads the original
+//! framing). A body cut short is an error either way. Chunked framing goes
+//! through the crate's one decoder ([`crate::wire::ChunkedDecoder`]).
 
 use std::time::Duration;
 
@@ -63,12 +65,22 @@ pub const PIECE: u64 = 128 * 1024;
 const DIRECT_MIN: u64 = 16 * 1024;
 
 impl BodyReader {
-    /// A reader for a body framed by `framing`; `idle` bounds each wait.
+    /// A reader for a request body framed by `framing` (strict chunked
+    /// rules); `idle` bounds each wait.
     pub fn new(framing: Framing, idle: Duration) -> BodyReader {
+        BodyReader::with(framing, idle, ChunkedDecoder::new(MAX_LINE))
+    }
+
+    /// A reader for a response body (chunked as Chromium reads it).
+    pub fn response(framing: Framing, idle: Duration) -> BodyReader {
+        BodyReader::with(framing, idle, ChunkedDecoder::browser())
+    }
+
+    fn with(framing: Framing, idle: Duration, chunked: ChunkedDecoder) -> BodyReader {
         let state = match framing {
             Framing::None | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(ChunkedDecoder::new(MAX_LINE)),
+            Framing::Chunked => State::Chunked(chunked),
             Framing::Close => State::Close,
         };
         BodyReader { state, framing, read: 0, idle }

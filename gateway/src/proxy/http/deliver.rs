@@ -65,9 +65,9 @@ impl Flow<'_> {
     }
 
     /// Scan metadata for a body of `req` (and `res`, for downloads).
-    pub(super) fn meta(&self, req: &Request, res: Option<(&Head, &[u8])>, direction: Direction) -> ScanMeta {
+    pub(super) fn meta(&self, req: &Request, res: Option<&Head>, direction: Direction) -> ScanMeta {
         let ct = match (res, direction) {
-            (Some((h, _)), Direction::Download) => h.get("content-type"),
+            (Some(h), Direction::Download) => h.get("content-type"),
             _ => req.head.get("content-type"),
         };
         ScanMeta {
@@ -77,17 +77,16 @@ impl Flow<'_> {
             server: Some(self.dst),
             direction,
             http_request: Some(req.raw.clone()),
-            http_response: res.map(|(_, raw)| raw.to_vec()),
+            http_response: res.map(Head::response_bytes),
         }
     }
 
-    /// The decoder for a body with `head`'s Content-Encoding; when it
-    /// cannot be decoded, no decoder and the verdict to fall back on
-    /// (the raw bytes are scanned: that is what a browser shows for a
-    /// coding it does not know).
-    pub(super) fn decoder(&self, head: &Head) -> (Option<Decoder>, Option<Verdict>) {
+    /// The decoder for a body with these Content-Encoding tokens; when it
+    /// cannot be decoded, no decoder and the verdict to fall back on (the
+    /// raw bytes are scanned).
+    pub(super) fn decoder(&self, codings: &[String]) -> (Option<Decoder>, Option<Verdict>) {
         let limits = Limits { max_decoded: self.hx.cfg.max_decoded_size.0, ratio: self.hx.cfg.max_decode_ratio };
-        match Decoder::new(&head.tokens("content-encoding"), limits) {
+        match Decoder::new(codings, limits) {
             Ok(d) => (d, None),
             Err(e) => (None, Some(e.verdict())),
         }
@@ -183,7 +182,7 @@ impl Flow<'_> {
 
     async fn scanned_upload(&mut self, req: &mut Request, mut reader: BodyReader) -> Result<Uploaded, HttpError> {
         let subject = self.subject(req, TransferKind::HttpUpload);
-        let (mut decoder, fallback) = self.decoder(&req.head);
+        let (mut decoder, fallback) = self.decoder(&req.head.tokens("content-encoding"));
         let scanner = self.hx.shared.scanner.clone();
         let mut session = scanner.start(self.meta(req, None, Direction::Upload), true);
         if let Some(v) = fallback {

@@ -6,13 +6,15 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    body::BodyReader,
+    body::{BodyError, BodyReader},
+    decode::Decoder,
     deliver::UploadNote,
     error::{HttpError, Stage},
-    exchange::{Flow, Line, Next, Request, Response},
+    exchange::{Flow, Line, Next, Request},
     head::Framing,
     outgoing::Out,
     receive::{Failed, Received, receive, sleep_until},
+    response::{Response, rules::Coding},
     trickle::Trickle,
 };
 use crate::{
@@ -40,11 +42,11 @@ impl Flow<'_> {
         mut res: Response,
         up: Option<UploadNote>,
     ) -> Result<Next, HttpError> {
-        let framing = res.head.response_framing(&req.head.method).map_err(|e| HttpError::at(Stage::ResponseHead, e))?;
-        let upstream_keep = res.head.keep_alive() && framing != Framing::Close;
+        let framing = res.framing;
+        let upstream_keep = res.server_keep && framing != Framing::Close;
         // The gateway re-frames scanned bodies with a length, so even a
         // close-delimited one can leave the client's connection open.
-        let client_alive = req.keep && (res.head.keep_alive() || framing == Framing::Close);
+        let client_alive = req.keep && (res.server_keep || framing == Framing::Close);
         if !client_alive {
             res.head.set("Connection", "close");
         }
@@ -78,13 +80,16 @@ impl Flow<'_> {
         upstream_keep: bool,
         r: &mut Received2,
     ) -> Result<Next, HttpError> {
-        let (mut decoder, fallback) = self.decoder(&res.head);
+        let (mut decoder, fallback) = match &res.coding {
+            Coding::Decode(codings) => self.decoder(codings),
+            Coding::Identity | Coding::Raw => (None, None),
+        };
         let scanner = self.hx.shared.scanner.clone();
-        let mut session = scanner.start(self.meta(req, Some((&res.head, &res.raw)), Direction::Download), true);
+        let mut session = scanner.start(self.meta(req, Some(&res.head), Direction::Download), true);
         if let Some(v) = fallback {
             session.fall_back_on(v);
         }
-        let mut reader = BodyReader::new(r.framing, self.body_wait());
+        let mut reader = BodyReader::response(r.framing, self.body_wait());
         let wait = self.body_wait();
         let got = {
             let Flow { client, upstream, .. } = self;
@@ -95,6 +100,12 @@ impl Flow<'_> {
         };
         let got = match got {
             Ok(g) => g,
+            Err(Failed::Body(BodyError::Short(_))) if decoded_to_length(decoder.as_ref(), r.framing) => {
+                // Chromium forgives a body shorter than its Content-Length
+                // when it decodes to exactly that length.
+                self.upstream = None;
+                Received::Whole
+            }
             Err(Failed::Client(e)) => return Err(HttpError::at(Stage::Delivery, e)),
             Err(Failed::Body(e)) => {
                 if r.trickle.as_ref().is_some_and(Trickle::started) {
@@ -252,7 +263,7 @@ impl Flow<'_> {
         self.answered = true;
         let before = self.counts.down.load(Ordering::Relaxed);
         if framing != Framing::None {
-            let mut reader = BodyReader::new(framing, self.body_wait());
+            let mut reader = BodyReader::response(framing, self.body_wait());
             self.stream_rest(&mut reader, out, false).await?;
         }
         let bytes = self.counts.down.load(Ordering::Relaxed) - before;
@@ -271,4 +282,10 @@ impl Flow<'_> {
         }
         Ok(if client_alive && framing != Framing::Close { Next::KeepAlive } else { Next::Close("closed".into()) })
     }
+}
+
+/// Whether a body cut short of its Content-Length decoded to exactly that
+/// length (servers that give the decoded length).
+fn decoded_to_length(decoder: Option<&Decoder>, framing: Framing) -> bool {
+    matches!((decoder, framing), (Some(d), Framing::Length(n)) if d.decoded() == n)
 }

@@ -1,7 +1,7 @@
 //! One connection as a loop of exchanges, and one exchange as its stages:
-//! request head ([`Flow::read_request`]) → upload (`upload.rs`) → response
-//! head ([`Flow::read_response`]) → download (`download.rs`) → delivery or
-//! block (`deliver.rs`). An upgrade (101) ends the loop in a tunnel.
+//! request head ([`Flow::read_request`]) → upload (`deliver.rs`) → response
+//! head (`response/`) → download (`download.rs`) → delivery or block
+//! (`deliver.rs`). An upgrade (101) ends the loop in a tunnel.
 
 use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
@@ -13,6 +13,7 @@ use super::{
     error::{Cause, HttpError, Stage},
     head::{self, Framing, Head, Limits},
     page,
+    response::Response,
     settings::Passage,
 };
 use crate::{
@@ -46,14 +47,6 @@ pub(super) struct Request {
     pub keep: bool,
     /// Whether it asks for an upgrade the policy lets through.
     pub upgrade: bool,
-}
-
-/// The server's final answer head.
-pub(super) struct Response {
-    /// Parsed.
-    pub head: Head,
-    /// As received.
-    pub raw: Vec<u8>,
 }
 
 /// A request's figures for its log line.
@@ -116,7 +109,13 @@ impl<'a> Flow<'a> {
         if res.head.status == 101 {
             return self.tunnel(&req, res).await;
         }
-        self.download(&req, res, uploaded).await
+        let next = self.download(&req, res, uploaded).await?;
+        if self.upstream.as_ref().is_some_and(|u| !u.buffered().is_empty()) {
+            // Bytes past the end of the answer: like Chromium, do not reuse
+            // a connection that said more than it framed.
+            self.upstream = None;
+        }
+        Ok(next)
     }
 
     /// Stage 1: the request head, checked and adjusted.
@@ -157,34 +156,9 @@ impl<'a> Flow<'a> {
         Ok(Some(Request { head, raw, framing, url, id: detections::new_id(), keep, upgrade }))
     }
 
-    /// Stage 4: the server's final answer head; interim answers (103
-    /// Early Hints …) go on to the client, 100 Continue was the gateway's.
-    pub(super) async fn read_response(&mut self, req: &Request) -> Result<Response, HttpError> {
-        let at = |e| HttpError::at(Stage::ResponseHead, e);
-        let (max, wait, limits) = (self.limits().max_bytes, self.body_wait(), self.limits());
-        loop {
-            let up = self.upstream.as_mut().ok_or_else(|| at(Cause::Closed))?;
-            let raw = match up.read_head(max, wait).await {
-                Ok(Some(h)) => h,
-                Ok(None) => return Err(at(Cause::Closed)),
-                Err(e) => return Err(at(e.into())),
-            };
-            let head = head::parse_response(&raw, limits).map_err(|e| at(e.into()))?;
-            if head.status == 101 && !req.upgrade {
-                return Err(at(Cause::Policy { status: 502, why: "the server switched protocols unasked".into() }));
-            }
-            if !(100..200).contains(&head.status) || head.status == 101 {
-                return Ok(Response { head, raw });
-            }
-            if head.status != 100 {
-                self.write_client(&raw).await?;
-            }
-        }
-    }
-
     /// After 101 Switching Protocols: bytes both ways, unscanned.
     async fn tunnel(&mut self, req: &Request, res: Response) -> Result<Next, HttpError> {
-        self.write_client(&res.raw).await?;
+        self.write_client(&res.head.response_bytes()).await?;
         self.answered = true;
         self.log(req, Line { status: 101, bytes: 0, verdict: "unscanned (upgrade)".into(), scan_ms: None });
         let Some(mut up) = self.upstream.take() else {

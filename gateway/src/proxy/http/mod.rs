@@ -1,9 +1,9 @@
 //! The transparent HTTP/1.x proxy on steered flows.
 //!
 //! One connection is a loop of exchanges ([`exchange`]), each a sequence of
-//! stages: request head → upload (scanned and held, or streamed) → response
-//! head → download (received, decoded, scanned, trickled) → decision →
-//! delivery or block. Whatever is delivered is re-framed with the
+//! stages: request head (strict) → upload (scanned and held, or streamed) →
+//! response head (read as browsers read it, [`response`]) → download
+//! (received, decoded, scanned, trickled) → decision → delivery or block. Whatever is delivered is re-framed with the
 //! Content-Length of exactly the bytes that were scanned. A stage that
 //! fails ends the connection with the answer its [`error::HttpError`]
 //! calls for.
@@ -19,6 +19,7 @@ pub mod head;
 mod outgoing;
 pub mod page;
 mod receive;
+pub mod response;
 pub mod settings;
 mod trickle;
 

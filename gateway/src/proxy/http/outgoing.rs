@@ -16,7 +16,7 @@ use crate::{
 /// How a body is framed towards its receiver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Out {
-    /// The sender's Content-Length, kept.
+    /// The sender's length, as the Content-Length.
     Length,
     /// Chunked (length unknown, HTTP/1.1 receiver).
     Chunked,
@@ -37,7 +37,7 @@ impl Out {
         if out == Out::Chunked {
             head.minor = 1;
         }
-        out.apply(head);
+        out.apply(framing, head);
         out
     }
 
@@ -46,15 +46,22 @@ impl Out {
         let out = match framing {
             Framing::Chunked => Out::Chunked,
             Framing::Close => Out::Close,
-            Framing::Length(_) | Framing::None => return Out::Length,
+            Framing::Length(_) | Framing::None => Out::Length,
         };
-        out.apply(head);
+        out.apply(framing, head);
         out
     }
 
-    fn apply(self, head: &mut Head) {
+    /// Sets `head`'s framing fields for a body that came as `framing`
+    /// (a bodiless head keeps what it has).
+    fn apply(self, framing: Framing, head: &mut Head) {
         match self {
-            Out::Length => head.remove("transfer-encoding"),
+            Out::Length => {
+                head.remove("transfer-encoding");
+                if let Framing::Length(n) = framing {
+                    head.set("Content-Length", n.to_string());
+                }
+            }
             Out::Chunked => {
                 head.remove("content-length");
                 head.set("Transfer-Encoding", "chunked");

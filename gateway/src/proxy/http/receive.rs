@@ -52,18 +52,12 @@ pub(super) async fn receive(
                 continue;
             }
         };
-        let Some(piece) = piece else { break };
+        let Some(piece) = piece else { return Ok(Received::Whole) };
         take(piece, decoder, session).await;
         if session.early().is_some() {
             return Ok(Received::Stopped);
         }
     }
-    if let Some(d) = decoder.as_ref()
-        && let Err(e) = d.finish()
-    {
-        session.scan_only_so_far(e.verdict());
-    }
-    Ok(Received::Whole)
 }
 
 /// Holds a piece and scans it, decoded when there is a decoder; a decoding

@@ -36,10 +36,12 @@ pub struct Http {
     pub upgrade: Passage,
     /// `CONNECT`: "relay" unscanned or "refuse".
     pub connect: Passage,
-    /// Longest request or response head.
+    /// Longest request head.
     pub max_header_bytes: Size,
-    /// Most header lines in a head.
+    /// Most header lines in a request head.
     pub max_headers: usize,
+    /// Longest response head (read as browsers read it: no line count).
+    pub max_response_header_bytes: Size,
     /// How long a client may take to send a request head (also the idle
     /// time between keep-alive requests).
     pub head_timeout: Span,
@@ -74,6 +76,7 @@ impl Default for Http {
             connect: Passage::Refuse,
             max_header_bytes: Size(64 << 10),
             max_headers: 100,
+            max_response_header_bytes: Size(256 << 10),
             head_timeout: Span(Duration::from_secs(60)),
             body_timeout: Span(Duration::from_secs(120)),
         }
@@ -90,6 +93,9 @@ impl Http {
         }
         if self.max_header_bytes.0 < 1024 || self.max_headers == 0 {
             return Err("http.max_header_bytes must be at least 1KiB and http.max_headers at least 1".into());
+        }
+        if self.max_response_header_bytes.0 < 1024 {
+            return Err("http.max_response_header_bytes must be at least 1KiB".into());
         }
         Ok(())
     }
