@@ -23,8 +23,10 @@ pub mod listener {
     pub const FTP_CONTROL: u32 = 1;
     /// FTP data-channel listener (connections announced in `EXPECTATIONS`).
     pub const FTP_DATA: u32 = 2;
+    /// TLS interception listener (steered TLS ports, when switched on).
+    pub const TLS: u32 = 3;
     /// Number of listener kinds.
-    pub const KINDS: u32 = 3;
+    pub const KINDS: u32 = 4;
     /// Family offset for IPv4 listeners.
     pub const V4: u32 = 0;
     /// Family offset for IPv6 listeners.
@@ -145,10 +147,14 @@ pub mod counter {
     pub const OTHER: u32 = 3;
     /// Packets dropped because a prefix in `BLOCK` matched.
     pub const BLOCKED: u32 = 4;
+    /// UDP packets dropped because their destination port is in
+    /// `UDP_DROP_PORTS` (QUIC to intercepted TLS ports: browsers then fall
+    /// back to TCP, which is steered).
+    pub const UDP_DROPPED: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
     /// Names, in index order, for logs and the CLI.
-    pub const NAMES: [&str; COUNT as usize] = ["tcp", "udp", "icmp", "other", "blocked"];
+    pub const NAMES: [&str; COUNT as usize] = ["tcp", "udp", "icmp", "other", "blocked", "udp_dropped"];
 }
 
 /// Indexes into the per-CPU `STEER_STATS` array kept by the TC program.

@@ -43,6 +43,10 @@ use packet::{Frag, Packet, Parsed, Proto};
 #[map]
 static STEER_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(64, 0);
 
+/// UDP destination ports dropped by XDP (QUIC to intercepted TLS ports).
+#[map]
+static UDP_DROP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(16, 0);
+
 /// Connections the gateway expects (FTP data channels) → listener kind and
 /// the one client port admitted.
 #[map]
@@ -368,6 +372,11 @@ pub fn filter(ctx: XdpContext) -> u32 {
     };
     if in_trie(&BLOCK, 0, p.v6, &p.saddr) || in_trie(&BLOCK, 0, p.v6, &p.daddr) {
         count(&COUNTERS, counter::BLOCKED, len);
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: map lookup of a plain key.
+    if p.proto == Proto::Udp && p.ports && unsafe { UDP_DROP_PORTS.get(&p.dport) }.is_some() {
+        count(&COUNTERS, counter::UDP_DROPPED, len);
         return xdp_action::XDP_DROP;
     }
     let index = match p.proto {

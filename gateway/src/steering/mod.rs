@@ -152,6 +152,17 @@ impl Steering {
             for &p in &cfg.ftp_ports {
                 ports.insert(p, listener::FTP_CONTROL, 0).map_err(map_err("adding an FTP port"))?;
             }
+            for &p in &cfg.tls_ports {
+                ports.insert(p, listener::TLS, 0).map_err(map_err("adding a TLS port"))?;
+            }
+        }
+        {
+            let mut udp: HashMap<_, u16, u8> =
+                HashMap::try_from(ebpf.map_mut("UDP_DROP_PORTS").ok_or(SteeringError::Missing("UDP_DROP_PORTS map"))?)
+                    .map_err(map_err("opening UDP_DROP_PORTS"))?;
+            for &p in &cfg.drop_udp_ports {
+                udp.insert(p, 1, 0).map_err(map_err("adding a UDP port to drop"))?;
+            }
         }
         let mut bypass = Vec::new();
         for b in &cfg.bypass {

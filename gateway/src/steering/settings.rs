@@ -35,6 +35,14 @@ pub struct Steering {
     pub route_table: u32,
     /// Priority of the `fwmark → table` rule (likewise the first).
     pub rule_priority: u32,
+    /// Destination ports steered to the TLS interception listener (set
+    /// from `[tls]` when interception is on, not from this section).
+    #[serde(skip)]
+    pub tls_ports: Vec<u16>,
+    /// UDP destination ports XDP drops (QUIC to intercepted TLS ports; set
+    /// from `[tls] block_quic`).
+    #[serde(skip)]
+    pub drop_udp_ports: Vec<u16>,
 }
 
 impl Default for Steering {
@@ -51,6 +59,8 @@ impl Default for Steering {
             fwmark: gateway_common::DEFAULT_FWMARK,
             route_table: 4757,
             rule_priority: 1000,
+            tls_ports: Vec::new(),
+            drop_udp_ports: Vec::new(),
         }
     }
 }
