@@ -15,7 +15,11 @@ pub mod family {
     pub const V6: u8 = 6;
 }
 
-/// Listener slots in the `LISTENERS` sockmap: `kind * 2 + family`.
+/// Listener slots in the `LISTENERS` sockmap: `(generation × KINDS + kind)
+/// × 2 + family`. Two generations let a new gateway process register its
+/// listeners beside the running one's and then switch new flows over in one
+/// map write (`config::GENERATION`), while the old one's FTP data
+/// expectations still name its own slots.
 pub mod listener {
     /// HTTP listener (steered HTTP ports).
     pub const HTTP: u32 = 0;
@@ -31,14 +35,22 @@ pub mod listener {
     pub const V4: u32 = 0;
     /// Family offset for IPv6 listeners.
     pub const V6: u32 = 1;
+    /// Generations of listeners side by side.
+    pub const GENERATIONS: u32 = 2;
     /// Number of sockmap slots.
-    pub const SLOTS: u32 = KINDS * 2;
+    pub const SLOTS: u32 = GENERATIONS * KINDS * 2;
 
-    /// The sockmap index of the listener of `kind` for `family` (`V4`/`V6`).
-    pub const fn slot(kind: u32, family: u32) -> u32 {
-        kind * 2 + family
+    /// The sockmap index of `generation`'s listener of `kind` for `family`
+    /// (`V4`/`V6`).
+    pub const fn slot(generation: u32, kind: u32, family: u32) -> u32 {
+        ((generation % GENERATIONS) * KINDS + kind) * 2 + family
     }
 }
+
+/// Version of the pinned maps' layout (their keys, values and sizes). A
+/// gateway adopts pinned state only of its own layout; a change here means
+/// an upgrade cannot take over from a running gateway without a gap.
+pub const PIN_LAYOUT: u32 = 2;
 
 /// The fwmark the TC program puts on steered packets; userspace routes it to
 /// a table holding `local default dev lo`.
@@ -63,7 +75,7 @@ pub struct ExpectKey {
 
 /// A TCP connection's 4-tuple as seen from the client, key of the
 /// `TW_SYN` map: SYNs that met a gateway socket in TIME_WAIT and are to be
-/// handed to a listener by the `sk_lookup` program.
+/// handed to a listener slot by the `sk_lookup` program.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -81,8 +93,9 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExpectValue {
-    /// Listener kind to steer to (see [`listener`]).
-    pub kind: u32,
+    /// Listener slot to steer to (see [`listener::slot`]): the expecting
+    /// process's own, whichever generation is current.
+    pub slot: u32,
     /// The client port of the one connection this expectation admits: 0
     /// until the first SYN, which the TC program writes here. Any other
     /// connection to the expected port is dropped.
@@ -123,8 +136,12 @@ impl PrefixKey {
 pub mod config {
     /// Flags, see [`flag`].
     pub const FLAGS: u32 = 0;
+    /// The listener generation new flows go to (see [`super::listener`]).
+    pub const GENERATION: u32 = 1;
+    /// Process id of the gateway that owns the steering (0: none yet).
+    pub const OWNER_PID: u32 = 2;
     /// Number of entries.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 3;
     /// Bits of `CONFIG[FLAGS]`.
     pub mod flag {
         /// IPv6 is steered (a listener exists): without it, IPv6 SYNs to
@@ -132,6 +149,9 @@ pub mod config {
         pub const V6: u32 = 1;
         /// Flows to the host's own addresses are steered too.
         pub const INTERCEPT_LOCAL: u32 = 2;
+        /// While no gateway listens (`when_down = "forward"`), steered
+        /// flows are forwarded untouched instead of dropped.
+        pub const WHEN_DOWN_FORWARD: u32 = 4;
     }
 }
 
@@ -191,8 +211,10 @@ pub mod steer_stat {
     pub const DROP_SECOND_DATA: u32 = 11;
     /// Left alone: a flow to the host's own address.
     pub const LOCAL: u32 = 12;
+    /// Forwarded untouched: no gateway listens and `when_down = "forward"`.
+    pub const DOWN_FORWARDED: u32 = 13;
     /// Number of counters.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Names, in index order, for logs and the CLI.
     pub const NAMES: [&str; COUNT as usize] = [
         "established",
@@ -208,6 +230,7 @@ pub mod steer_stat {
         "drop_stray",
         "drop_second_data",
         "local",
+        "down_forwarded",
     ];
 }
 

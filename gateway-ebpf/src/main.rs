@@ -60,11 +60,11 @@ static BYPASS: LpmTrie<PrefixKey, u8> = LpmTrie::with_max_entries(4096, 0);
 #[map]
 static BLOCK: LpmTrie<PrefixKey, u8> = LpmTrie::with_max_entries(16384, 0);
 
-/// The gateway's listeners, at `listener::slot(kind, family)`.
+/// The gateway's listeners, at `listener::slot(generation, kind, family)`.
 #[map]
 static LISTENERS: SockMap = SockMap::with_max_entries(listener::SLOTS, 0);
 
-/// SYNs handed to a TIME_WAIT socket, waiting for `reuse` → listener kind.
+/// SYNs handed to a TIME_WAIT socket, waiting for `reuse` → listener slot.
 #[map]
 static TW_SYN: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(8192, 0);
 
@@ -123,6 +123,12 @@ fn flag(f: u32) -> bool {
     CONFIG.get(config::FLAGS).is_some_and(|v| v & f != 0)
 }
 
+/// The listener generation new flows go to.
+#[inline(always)]
+fn generation() -> u32 {
+    CONFIG.get(config::GENERATION).copied().unwrap_or(0)
+}
+
 /// The prefix key of a 16-byte (IPv4-mapped for IPv4) address.
 #[inline(always)]
 fn prefix_key(ifindex: u32, v6: bool, a: &[u8; 16]) -> PrefixKey {
@@ -173,14 +179,15 @@ fn drop(ctx: &TcContext, stat: u32) -> i32 {
     TC_ACT_SHOT
 }
 
-/// The listener kind for a TCP packet, if its port is steered or its
+/// The listener slot for a TCP packet, if its port is steered or its
 /// connection expected; `Err` with the drop counter for a second
 /// connection to an expected port.
 #[inline(always)]
-fn kind_of(p: &Packet) -> Result<Option<u32>, u32> {
+fn slot_of(p: &Packet) -> Result<Option<u32>, u32> {
+    let fam = if p.v6 { listener::V6 } else { listener::V4 };
     // SAFETY: map lookups return pointers valid for this program run.
     if let Some(kind) = unsafe { STEER_PORTS.get(p.dport) } {
-        return Ok(Some(*kind));
+        return Ok(Some(listener::slot(generation(), *kind, fam)));
     }
     let fam = if p.v6 { family::V6 } else { family::V4 };
     let key = ExpectKey { client: p.saddr, server: p.daddr, port: p.dport, family: fam, _pad: 0 };
@@ -194,12 +201,49 @@ fn kind_of(p: &Packet) -> Result<Option<u32>, u32> {
         } else if (*v).client_port != p.sport {
             return Err(steer_stat::DROP_SECOND_DATA);
         }
-        Ok(Some((*v).kind))
+        Ok(Some((*v).slot))
     }
 }
 
+/// The listener in `slot`, referenced (release it or hand it to
+/// `bpf_sk_assign`); null when there is none.
+#[inline(always)]
+fn listener_in(slot: u32) -> *mut bpf_sock {
+    // SAFETY: SockMap is a transparent wrapper around its map definition; a
+    // sockmap lookup from TC yields a referenced socket that must be released.
+    unsafe {
+        bpf_map_lookup_elem(core::ptr::from_ref(&LISTENERS).cast_mut().cast(), core::ptr::from_ref(&slot).cast())
+            as *mut bpf_sock
+    }
+}
+
+/// Whether the gateway process that owns `slot` is gone: not even its IPv4
+/// listener of that kind is there (an absent IPv6 listener alone means
+/// IPv6 is switched off, which drops).
+#[inline(always)]
+fn down(slot: u32) -> bool {
+    let sk = listener_in(slot & !1);
+    if sk.is_null() {
+        return true;
+    }
+    // SAFETY: releasing the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    false
+}
+
+/// No gateway socket can take this packet: forward it untouched if the
+/// gateway is down and configured to fail open, else drop it.
+#[inline(always)]
+fn unserved(ctx: &TcContext, slot: u32, stat: u32) -> i32 {
+    if flag(config::flag::WHEN_DOWN_FORWARD) && down(slot) {
+        count(&STEER_STATS, steer_stat::DOWN_FORWARDED, ctx.len());
+        return TC_ACT_OK;
+    }
+    drop(ctx, stat)
+}
+
 fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
-    let kind = match kind_of(p) {
+    let slot = match slot_of(p) {
         Ok(Some(k)) => k,
         Ok(None) => return TC_ACT_OK,
         Err(stat) => return drop(ctx, stat),
@@ -219,7 +263,7 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
     }
 
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let (tuple_len, fam) = if p.v6 {
+    let tuple_len = if p.v6 {
         // SAFETY: writing plain integers into a zeroed union.
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv6;
@@ -228,7 +272,7 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
             t.sport = p.sport.to_be();
             t.dport = p.dport.to_be();
         }
-        (core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>(), listener::V6)
+        core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2>()
     } else {
         // SAFETY: as above.
         unsafe {
@@ -238,7 +282,7 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
             t.sport = p.sport.to_be();
             t.dport = p.dport.to_be();
         }
-        (core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>(), listener::V4)
+        core::mem::size_of::<aya_ebpf::bindings::bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>()
     };
 
     // A socket for this 4-tuple (established, SYN-received, closing or
@@ -256,7 +300,7 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
                 // logic accepts such a SYN and asks the listener lookup for
                 // a socket: `reuse` answers that lookup with our listener.
                 let key = FlowKey { client: p.saddr, server: p.daddr, client_port: p.sport, server_port: p.dport };
-                let _ = TW_SYN.insert(&key, &kind, 0);
+                let _ = TW_SYN.insert(&key, &slot, 0);
                 return assign(ctx, sk, steer_stat::TIME_WAIT_SYN);
             }
             return assign(ctx, sk, steer_stat::ESTABLISHED);
@@ -273,16 +317,11 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
     if !p.syn {
         // A segment of a flow that is not the gateway's (it escaped, or is
         // older than the gateway): forwarding it would let it go unscanned.
-        return drop(ctx, steer_stat::DROP_STRAY);
+        return unserved(ctx, slot, steer_stat::DROP_STRAY);
     }
-    let slot = listener::slot(kind, fam);
-    // SAFETY: SockMap is a transparent wrapper around its map definition; a
-    // sockmap lookup from TC yields a referenced socket that must be released.
-    let sk = unsafe {
-        bpf_map_lookup_elem(core::ptr::from_ref(&LISTENERS).cast_mut().cast(), core::ptr::from_ref(&slot).cast())
-    } as *mut bpf_sock;
+    let sk = listener_in(slot);
     if sk.is_null() {
-        return drop(ctx, steer_stat::DROP_NO_LISTENER);
+        return unserved(ctx, slot, steer_stat::DROP_NO_LISTENER);
     }
     assign(ctx, sk, steer_stat::LISTENER)
 }
@@ -346,12 +385,11 @@ pub fn reuse(ctx: SkLookupContext) -> u32 {
         (v4_mapped(lk.remote_ip4.to_ne_bytes()), v4_mapped(lk.local_ip4.to_ne_bytes()))
     };
     let key = FlowKey { client, server, client_port: u16::from_be(lk.remote_port), server_port: lk.local_port as u16 };
-    let Some(kind) = (unsafe { TW_SYN.get(&key) }).copied() else {
+    let Some(slot) = (unsafe { TW_SYN.get(&key) }).copied() else {
         return SK_PASS;
     };
     let _ = TW_SYN.remove(&key);
-    let family = if v6 { listener::V6 } else { listener::V4 };
-    if LISTENERS.redirect_sk_lookup(&ctx, listener::slot(kind, family), 0).is_ok() {
+    if LISTENERS.redirect_sk_lookup(&ctx, slot, 0).is_ok() {
         count(&STEER_STATS, steer_stat::TIME_WAIT_REUSED, 0);
     }
     SK_PASS

@@ -1,16 +1,28 @@
 //! `gateway run`: builds the shared core, brings steering up, serves flows,
-//! tears down on a signal.
+//! reloads on SIGHUP, drains and exits on SIGTERM.
 //!
-//! Order: preflight → routing guard → policy routing → the core (scanner,
-//! decider, detection log, counters, dialer) → programs loaded → listeners
-//! opened and registered in the sockmap → programs attached (so no SYN is
-//! ever steered to an empty slot) → control socket → wait for a signal.
+//! Order: preflight → policy routing (idempotent: a predecessor's is
+//! adopted) → the core (scanner, decider, detection log, counters, dialer)
+//! → programs loaded on the pinned maps → listeners opened and registered
+//! in this process's sockmap generation → programs attached in the pinned
+//! links → new flows switched to this process ([`Steering::activate`]) →
+//! a running predecessor told to drain → control socket → signals.
+//!
+//! Stop: the listeners close (new flows go to a successor, or `when_down`
+//! applies), flows in progress get `drain_timeout` to finish, then the
+//! process exits. Steering and routing stay: they belong to whoever runs
+//! next (`gateway detach` removes them).
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use arc_swap::ArcSwap;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    task::JoinSet,
+};
+use tracing::{error, info, warn};
 
 use crate::{
     cache::VerdictCache,
@@ -18,16 +30,20 @@ use crate::{
     control,
     decide::Decider,
     detections::Detections,
+    metrics,
     net::Dialer,
+    notify,
     proxy::{
-        self, Kind, Proxy, Shared,
+        self, Current, Kind, Proxy, Shared,
         ftp::FtpContext,
         http::{HttpContext, page::BlockPage},
         limits::Caps,
     },
+    reload,
     scan::Scanner,
+    serve::Servers,
     stats::Stats,
-    steering::{Steering, guard, preflight, routing::PolicyRouting},
+    steering::{Steering, pin, preflight, routing::PolicyRouting},
 };
 
 /// File descriptors one connection may use at most: client and server
@@ -36,26 +52,40 @@ const FDS_PER_CONNECTION: u64 = 6;
 /// Descriptors kept for everything else (listeners, maps, logs, scanners).
 const FDS_SPARE: u64 = 1024;
 
-/// Runs the gateway until SIGTERM or SIGINT.
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
+/// How `gateway run` was asked to start.
+pub struct RunOptions {
+    /// The configuration file (re-read on reload).
+    pub config_path: PathBuf,
+    /// Replace a running gateway instead of refusing to start beside it.
+    pub takeover: bool,
+}
+
+/// Runs the gateway until SIGTERM or SIGINT (and its drain).
+pub async fn run(mut config: Config, opts: RunOptions) -> anyhow::Result<()> {
     preflight::check()?;
     fit_fd_limit(&mut config);
-    let s = &config.steering;
-    let routing = PolicyRouting::claim(s.fwmark, s.route_table, s.rule_priority)
-        .await
-        .context("choosing a routing slot for steered packets")?;
-    // The guard first: from here on, however we die, the routing goes too.
-    let guard = guard::spawn(routing).context("starting the routing guard process")?;
+    let routing = routing_of(&config);
     routing.install().await.context("installing the policy routing for steered packets")?;
     info!("policy routing: fwmark {:#x} → table {} (priority {})", routing.fwmark, routing.table, routing.priority);
     let watch = tokio::spawn(watch_routing(routing));
-
-    let result = serve(&config).await;
+    let result = serve(config, &opts).await;
     watch.abort();
+    result
+}
 
-    let removed = routing.remove().await.context("removing the policy routing");
-    drop(guard);
-    result.and(removed)
+/// `gateway detach`: removes the pinned steering (its programs detach as
+/// the last pin goes) and the policy routing. A gateway still running
+/// keeps serving the flows it has, but no new ones are steered.
+pub async fn detach(config: &Config) -> anyhow::Result<()> {
+    let removed = pin::remove_all(&config.steering.pin_dir).context("removing the pinned steering")?;
+    routing_of(config).remove().await.context("removing the policy routing")?;
+    info!("detached: {removed} pinned maps and links removed, policy routing removed");
+    Ok(())
+}
+
+fn routing_of(config: &Config) -> PolicyRouting {
+    let s = &config.steering;
+    PolicyRouting { fwmark: s.fwmark, table: s.route_table, priority: s.rule_priority }
 }
 
 /// Checks every few seconds that this instance's routing is still in
@@ -112,7 +142,8 @@ fn fit_fd_limit(config: &mut Config) {
 
 /// The scanning core and what both protocols share, checked before
 /// anything is steered: a gateway that cannot hold bodies must not start.
-fn shared(config: &Config) -> anyhow::Result<Shared> {
+/// The counters carry over a reload.
+fn shared(config: &Config, stats: Arc<Stats>) -> anyhow::Result<Shared> {
     let scan = &config.scan;
     std::fs::create_dir_all(&scan.spool_dir)
         .with_context(|| format!("creating the spool directory {}", scan.spool_dir.display()))?;
@@ -132,26 +163,43 @@ fn shared(config: &Config) -> anyhow::Result<Shared> {
         p.source_addresses.clone(),
         config.steering.deny_destinations.clone(),
     );
-    Ok(Shared { scanner, stats: Arc::new(Stats::default()), dialer: Arc::new(dialer) })
+    Ok(Shared { scanner, stats, dialer: Arc::new(dialer) })
 }
 
-async fn serve(config: &Config) -> anyhow::Result<()> {
-    let shared = shared(config)?;
+/// The proxy's context for `config`; `keep` carries the connection caps and
+/// the FTP data waiters over a reload (connections in progress hold them).
+fn proxy_context(config: &Config, shared: &Shared, steering: &Steering, keep: Option<&Proxy>) -> anyhow::Result<Proxy> {
     let page = BlockPage::load(&config.http.block_page)
         .with_context(|| format!("reading the block page {}", config.http.block_page.display()))?;
-    let mut steering = Steering::load(&config.steering)?;
-    let http = HttpContext { cfg: config.http.clone(), shared: shared.clone(), page };
+    let p = &config.proxy;
+    let caps = match keep {
+        Some(old) => {
+            old.caps.set_limits(p.max_connections, p.max_connections_per_client);
+            old.caps.clone()
+        }
+        None => Caps::new(p.max_connections, p.max_connections_per_client),
+    };
     let ftp = FtpContext {
         cfg: config.ftp.clone(),
         shared: shared.clone(),
         expectations: steering.expectations(),
-        waiters: Default::default(),
+        waiters: keep.map(|old| old.ftp.waiters.clone()).unwrap_or_default(),
     };
-    let p = &config.proxy;
-    let caps = Caps::new(p.max_connections, p.max_connections_per_client);
-    let ctx = Arc::new(Proxy { config: p.clone(), shared: shared.clone(), caps, http, ftp });
+    let http = HttpContext { cfg: config.http.clone(), shared: shared.clone(), page };
+    Ok(Proxy { config: p.clone(), shared: shared.clone(), caps, http, ftp })
+}
 
-    let mut tasks = tokio::task::JoinSet::new();
+/// Accept loops: the ones that stop first when draining, and the FTP data
+/// listener, which stays until the last transfer is done.
+struct Listeners {
+    accepting: JoinSet<()>,
+    data: JoinSet<()>,
+}
+
+/// Opens every listener and registers it in this process's generation.
+fn listen(config: &Config, steering: &mut Steering, current: &Arc<Current>) -> anyhow::Result<Listeners> {
+    let p = &config.proxy;
+    let mut l = Listeners { accepting: JoinSet::new(), data: JoinSet::new() };
     for (kind, port) in [
         (Kind::Http, p.http_listener_port),
         (Kind::FtpControl, p.ftp_listener_port),
@@ -163,18 +211,44 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the {} listener on port {port}", kind.name()))?;
             let local = listener.local_addr()?;
             steering.register_listener(kind.slot_kind(), local, &listener)?;
-            tasks.spawn(proxy::serve(listener, kind, ctx.clone()));
+            let set = if kind == Kind::FtpData { &mut l.data } else { &mut l.accepting };
+            set.spawn(proxy::serve(listener, kind, current.clone()));
         }
     }
-    steering.attach(&config.steering)?;
+    Ok(l)
+}
 
+async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
+    let stats = Arc::new(Stats::default());
+    let shared = shared(&config, stats.clone())?;
+    let mut steering = Steering::load(&config.steering, opts.takeover)?;
+    let current = Arc::new(ArcSwap::from_pointee(proxy_context(&config, &shared, &steering, None)?));
+    let listeners = listen(&config, &mut steering, &current)?;
+    steering.attach(&config.steering)?;
+    steering.activate()?;
+    if let Some(pid) = steering.previous_owner() {
+        hand_over(pid);
+    }
     let steering = Arc::new(steering);
-    let sources =
-        control::Sources { steering: steering.clone(), stats: shared.stats.clone(), scanner: shared.scanner.clone() };
+
+    let mut tasks = JoinSet::new();
+    let servers = Servers::start(&config.icap_server, &config.api_server, &shared.scanner, &mut tasks).await?;
+    let (reloads, mut reload_requests) = mpsc::channel(4);
+    let sources = control::Sources {
+        steering: steering.clone(),
+        stats: stats.clone(),
+        scanner: shared.scanner.clone(),
+        servers,
+        reload: Some(reloads),
+    };
     if !config.control.socket.as_os_str().is_empty() {
         let sock = control::bind(&config.control.socket)
             .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
         tasks.spawn(control::serve(sock, sources.clone()));
+    }
+    if let Some(addr) = config.metrics.addr() {
+        let listener = metrics::serve::bind(addr).with_context(|| format!("opening the metrics endpoint {addr}"))?;
+        tasks.spawn(metrics::serve(listener, sources.clone()));
     }
 
     info!(
@@ -182,26 +256,126 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         config.steering.interfaces, config.steering.http_ports, config.steering.ftp_ports, config.steering.xdp_mode
     );
     tasks.spawn(give_back_memory());
-    let scanner = shared.scanner.clone();
-    tokio::spawn(async move {
-        // Not fatal: scanning fails closed (or open) per request.
-        match scanner.health().await {
-            Ok(v) => info!("scanner: {} answers: {v}", scanner.backend().describe()),
-            Err(e) => warn!("scanner: {} does not answer yet: {e}", scanner.backend().describe()),
-        }
-    });
+    notify::ready();
+    tasks.spawn(notify::watchdog());
+    tasks.spawn(greet(shared.scanner.clone()));
 
+    let mut live =
+        Live { config, steering: steering.clone(), current, stats: stats.clone(), path: opts.config_path.clone() };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: draining"); break; }
+            _ = int.recv() => { info!("SIGINT: draining"); break; }
+            _ = hup.recv() => { let _ = live.reload(); }
+            Some(reply) = reload_requests.recv() => { let _ = reply.send(live.reload()); }
+        }
+    }
+    notify::stopping();
+    drain(listeners, &stats, live.config.proxy.drain_timeout.0).await;
+    let successor = !steering.owned();
+    if let Err(e) = steering.release() {
+        warn!("giving up the steering: {e}");
     }
     let report = control::Report::collect(&sources);
     info!("final counters: {}", serde_json::to_string(&report).unwrap_or_default());
     tasks.shutdown().await;
-    if !config.control.socket.as_os_str().is_empty() {
-        let _ = std::fs::remove_file(&config.control.socket);
+    // A successor has bound the control socket anew at the same path.
+    if !successor && !live.config.control.socket.as_os_str().is_empty() {
+        let _ = std::fs::remove_file(&live.config.control.socket);
     }
     Ok(())
+}
+
+/// Logs whether the scanner answers (not fatal: scanning fails closed, or
+/// open, per request).
+async fn greet(scanner: Arc<Scanner>) {
+    match scanner.health().await {
+        Ok(v) => info!("scanner: {} answers: {v}", scanner.backend().describe()),
+        Err(e) => warn!("scanner: {} does not answer yet: {e}", scanner.backend().describe()),
+    }
+}
+
+/// Tells the gateway this one took over from to drain and exit.
+fn hand_over(pid: u32) {
+    use nix::{sys::signal, unistd::Pid};
+    let pid_t = i32::try_from(pid).unwrap_or(0);
+    match signal::kill(Pid::from_raw(pid_t), signal::Signal::SIGTERM) {
+        Ok(()) => info!("took over from the gateway with pid {pid}; it drains its flows and exits"),
+        Err(e) => warn!("took over from the gateway with pid {pid}, but could not tell it to drain: {e}"),
+    }
+}
+
+/// Stops accepting, waits up to `timeout` for the flows in progress, then
+/// closes the FTP data listener (and, by returning, what is left).
+async fn drain(mut l: Listeners, stats: &Stats, timeout: Duration) {
+    l.accepting.shutdown().await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut active = stats.snapshot().flows_active;
+    while active > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        active = stats.snapshot().flows_active;
+    }
+    if active > 0 {
+        warn!("drain: {active} flows still open after {timeout:?}; closing them");
+    } else {
+        info!("drain: every flow finished");
+    }
+    l.data.shutdown().await;
+}
+
+/// What a reload changes.
+struct Live {
+    config: Config,
+    steering: Arc<Steering>,
+    current: Arc<Current>,
+    stats: Arc<Stats>,
+    path: PathBuf,
+}
+
+impl Live {
+    /// Re-reads the file and switches to it: steering maps in place, a new
+    /// proxy context for new connections. Returns the answer for `gateway
+    /// reload`; on any failure the running configuration stays.
+    fn reload(&mut self) -> String {
+        let result = self.try_reload();
+        if result.is_err() {
+            notify::reloaded();
+        }
+        match result {
+            Ok(msg) => {
+                info!("reload: {msg}");
+                format!("ok: {msg}")
+            }
+            Err(e) => {
+                error!("reload refused, still running on the previous configuration: {e:#}");
+                format!("error: {e:#}")
+            }
+        }
+    }
+
+    fn try_reload(&mut self) -> anyhow::Result<String> {
+        notify::reloading();
+        let reread = reload::reread(&self.path, &self.config)?;
+        let mut config = reread.config;
+        fit_fd_limit(&mut config);
+        let shared = shared(&config, self.stats.clone())?;
+        let old = self.current.load_full();
+        let ctx = proxy_context(&config, &shared, &self.steering, Some(&old))?;
+        self.steering.reconfigure(&config.steering)?;
+        self.current.store(Arc::new(ctx));
+        self.config = config;
+        notify::reloaded();
+        Ok(if reread.pending.is_empty() {
+            format!("{} applied", self.path.display())
+        } else {
+            format!(
+                "{} applied; changes to {} take effect at the next restart",
+                self.path.display(),
+                reread.pending.join(", ")
+            )
+        })
+    }
 }

@@ -6,6 +6,8 @@
 //!   `ok` or `error: …`; steers connections from CLIENT to SERVER:PORT to the
 //!   FTP data listener (the FTP proxy does this itself; the command exists
 //!   for operators and tests).
+//! * `reload` → re-reads the configuration file (as SIGHUP does) and
+//!   answers `ok: …` or `error: …`.
 
 use std::{net::IpAddr, path::Path, sync::Arc};
 
@@ -17,7 +19,8 @@ use tokio::{
 use tracing::warn;
 
 use crate::{
-    scan::Scanner,
+    scan::{Scanner, pool::MemberStatus},
+    serve::{Servers, ServersReport},
     stats::{self, Snapshot},
     steering::{KernelStats, Steering},
 };
@@ -33,6 +36,26 @@ pub struct Report {
     pub expectations: usize,
     /// Bytes held by all spools: in memory, on disk.
     pub spool: SpoolUsage,
+    /// The scanner pool's members.
+    pub scanner: ScannerReport,
+    /// The ICAP and API servers, if on.
+    pub servers: ServersReport,
+}
+
+/// The scanner pool as `stats` shows it.
+#[derive(Serialize)]
+pub struct ScannerReport {
+    /// What it is (`clamd at …`, `pool of 3: …`).
+    pub backend: String,
+    /// Each member's state.
+    pub members: Vec<MemberStatus>,
+}
+
+impl ScannerReport {
+    /// The pool's state now.
+    pub fn of(scanner: &Scanner) -> ScannerReport {
+        ScannerReport { backend: scanner.backend().describe(), members: scanner.members() }
+    }
 }
 
 /// What the spools hold now.
@@ -51,8 +74,12 @@ pub struct Sources {
     pub steering: Arc<Steering>,
     /// The proxies' counters.
     pub stats: Arc<stats::Stats>,
-    /// The scanning core (spool usage).
+    /// The scanning core (spool usage, pool members).
     pub scanner: Arc<Scanner>,
+    /// The ICAP and API servers that run.
+    pub servers: Servers,
+    /// Where `reload` requests go (the run loop answers each).
+    pub reload: Option<tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<String>>>,
 }
 
 impl Report {
@@ -64,6 +91,8 @@ impl Report {
             proxy: src.stats.snapshot(),
             expectations: src.steering.expectations().len(),
             spool: SpoolUsage { memory, disk },
+            scanner: ScannerReport::of(&src.scanner),
+            servers: src.servers.report(),
         }
     }
 }
@@ -103,7 +132,7 @@ async fn answer(stream: UnixStream, src: &Sources) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read.take(4096)).read_line(&mut line).await?;
-    let reply = execute(line.trim(), src);
+    let reply = if line.trim() == "reload" { reload(src).await } else { execute(line.trim(), src) };
     write.write_all(reply.as_bytes()).await?;
     write.write_all(b"\n").await?;
     write.shutdown().await
@@ -129,7 +158,57 @@ fn execute(line: &str, src: &Sources) -> String {
                 Err(e) => format!("error: {e}"),
             }
         }
-        _ => format!("error: unknown command {line:?} (stats | expect add|del CLIENT SERVER PORT)"),
+        _ => format!("error: unknown command {line:?} (stats | reload | expect add|del CLIENT SERVER PORT)"),
+    }
+}
+
+/// Asks the run loop to reload and waits for its answer.
+async fn reload(src: &Sources) -> String {
+    let Some(requests) = &src.reload else { return "error: this gateway cannot reload".into() };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if requests.send(reply).await.is_err() {
+        return "error: the gateway is shutting down".into();
+    }
+    answer.await.unwrap_or_else(|_| "error: the reload was dropped".into())
+}
+
+/// What `stats` reports of `gateway serve` (no steering, no proxies).
+#[derive(Serialize)]
+pub struct AloneReport {
+    /// Bytes held by all spools.
+    pub spool: SpoolUsage,
+    /// The scanner pool's members.
+    pub scanner: ScannerReport,
+    /// The servers.
+    pub servers: ServersReport,
+}
+
+/// The control socket of `gateway serve`: `stats` only.
+pub async fn serve_alone(listener: UnixListener, scanner: Arc<Scanner>, servers: Servers) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (scanner, servers) = (scanner.clone(), servers.clone());
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if BufReader::new(read.take(4096)).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = if line.trim() == "stats" {
+                let (memory, disk) = scanner.spool_usage();
+                let r = AloneReport {
+                    spool: SpoolUsage { memory, disk },
+                    scanner: ScannerReport::of(&scanner),
+                    servers: servers.report(),
+                };
+                serde_json::to_string(&r).unwrap_or_else(|e| format!("error: {e}"))
+            } else {
+                format!("error: unknown command {:?} (gateway serve answers stats only)", line.trim())
+            };
+            let _ = write.write_all(reply.as_bytes()).await;
+            let _ = write.write_all(b"\n").await;
+            let _ = write.shutdown().await;
+        });
     }
 }
 

@@ -7,7 +7,6 @@ use gateway::{
     config::{Config, ScanBackend},
     control,
     scan::{Scanner, files::scan_file},
-    steering::{guard, routing::PolicyRouting},
 };
 
 /// Transparent virus-scanning gateway for Linux firewall hosts.
@@ -20,9 +19,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the scanning core alone over ICAP ([icap_server]) and the
+    /// antivirus API ([api_server]): no steering, no root needed.
+    #[command(visible_alias = "icap-server")]
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Run the gateway (needs root: loads eBPF programs, changes routing).
     Run {
         /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Replace a gateway running here without a gap: this one starts,
+        /// takes new flows over, and the old one drains and exits.
+        #[arg(long)]
+        takeover: bool,
+    },
+    /// Re-read the running gateway's configuration file (as SIGHUP does).
+    Reload {
+        /// Control socket of the running gateway.
+        #[arg(long, default_value = "/run/gateway/control.sock")]
+        socket: PathBuf,
+    },
+    /// Remove the pinned steering and the policy routing: steered ports are
+    /// forwarded as if no gateway had ever run here.
+    Detach {
+        /// Configuration file (for `[steering]`: pin_dir and routing).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -72,9 +96,6 @@ enum Command {
         #[arg(long, default_value = "/run/gateway/control.sock")]
         socket: PathBuf,
     },
-    /// Internal: removes the policy routing once the gateway exits.
-    #[command(hide = true)]
-    RoutingGuard { fwmark: u32, table: u32, priority: u32, instance: u32 },
 }
 
 fn main() -> ExitCode {
@@ -88,8 +109,8 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(2, &e),
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path, takeover } => {
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e),
             };
@@ -97,7 +118,8 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, &e),
             };
-            match rt.block_on(gateway::app::run(config)) {
+            let opts = gateway::app::RunOptions { config_path: path, takeover };
+            match rt.block_on(gateway::app::run(config, opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.is::<gateway::steering::preflight::PreflightError>() => fail(2, &e),
                 Err(e) => fail(1, &format!("{e:#}")),
@@ -105,15 +127,38 @@ fn main() -> ExitCode {
         }
         Command::Scan { config, clamd, icap, timings, paths } => scan(config, clamd, icap, timings, paths),
         Command::Stats { socket } => ask(&socket, "stats"),
+        Command::Serve { config } => serve(&config),
         Command::Expect { op, client, server, port, socket } => {
             ask(&socket, &format!("expect {op} {client} {server} {port}"))
         }
-        Command::RoutingGuard { fwmark, table, priority, instance } => {
-            match guard::run(PolicyRouting { fwmark, table, priority, instance }) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(1, &format!("routing guard: {e:#}")),
-            }
-        }
+        Command::Reload { socket } => ask(&socket, "reload"),
+        Command::Detach { config } => detach(&config),
+    }
+}
+
+/// `gateway serve`: the configured servers without steering.
+fn serve(path: &std::path::Path) -> ExitCode {
+    let cfg = match Config::load_scan_only(path) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e),
+    };
+    if let Err(e) = cfg.icap_server.validate().and_then(|()| cfg.api_server.validate()) {
+        return fail(2, &format!("{}: {e}", path.display()));
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    let alone = gateway::serve::Alone {
+        scan: &cfg.scan,
+        icap: &cfg.icap_server,
+        api: &cfg.api_server,
+        control: &cfg.control.socket,
+        detections: &cfg.log.detections,
+    };
+    match rt.block_on(gateway::serve::run_alone(alone)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("{e:#}")),
     }
 }
 
@@ -172,6 +217,21 @@ fn scan(
         worst
     });
     ExitCode::from(worst)
+}
+
+fn detach(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load_unchecked(path) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, &e),
+    };
+    match rt.block_on(gateway::app::detach(&config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("{e:#}")),
+    }
 }
 
 fn ask(socket: &std::path::Path, command: &str) -> ExitCode {

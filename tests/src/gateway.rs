@@ -84,12 +84,37 @@ impl Gateway {
     /// Writes `config_text` and starts the gateway; returns once it answers
     /// on its control socket.
     pub fn start_with(rig: &mut Rig, config_text: &str) -> anyhow::Result<Gateway> {
-        let bin = binary()?;
+        Gateway::start_with_env(rig, config_text, &[])
+    }
+
+    /// Like [`Gateway::start_with`], with these environment variables
+    /// (`NOTIFY_SOCKET`, `WATCHDOG_USEC`, …).
+    pub fn start_with_env(rig: &mut Rig, config_text: &str, env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
         let conf = rig.dir().join("gateway.toml");
         std::fs::write(&conf, config_text)?;
-        let log = rig.dir().join("gateway.log");
-        let mut cmd = rig.cmd(Ns::Gateway, &bin);
-        cmd.arg("run").arg("--config").arg(&conf);
+        Gateway::launch(rig, &conf, &["run"], env, "gateway.log")
+    }
+
+    /// Starts another gateway with `config_text` that replaces this one
+    /// (`gateway run --takeover`); returns once it answers. The old one
+    /// drains and exits on its own ([`Gateway::wait_exit`]).
+    pub fn takeover(&self, rig: &mut Rig, config_text: &str, log_name: &str) -> anyhow::Result<Gateway> {
+        let conf = rig.dir().join(format!("{log_name}.toml"));
+        std::fs::write(&conf, config_text)?;
+        Gateway::launch(rig, &conf, &["run", "--takeover"], &[], log_name)
+    }
+
+    fn launch(
+        rig: &mut Rig,
+        conf: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_name: &str,
+    ) -> anyhow::Result<Gateway> {
+        let bin = binary()?;
+        let log = rig.dir().join(log_name);
+        let mut cmd = rig.gateway_cmd(&bin)?;
+        cmd.args(args).arg("--config").arg(conf).envs(env.iter().copied());
         let pid = rig.spawn(cmd, &log)?;
         let gw =
             Gateway { pid, log, socket: rig.dir().join("control.sock"), bin, netns: rig.name(Ns::Gateway).to_string() };
@@ -173,16 +198,21 @@ impl Gateway {
         self.log_text().lines().filter(|l| l.contains(" flow: ")).map(str::to_owned).collect()
     }
 
-    /// The process id of this gateway's routing guard (its child running
-    /// `gateway routing-guard`).
-    pub fn guard_pid(&self) -> Option<u32> {
-        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let ppid: u32 = stat.rsplit(") ").next()?.split_whitespace().nth(1)?.parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            (ppid == self.pid && String::from_utf8_lossy(&cmd).contains("routing-guard")).then_some(pid)
-        })
+    /// `gateway reload` through the control socket; its answer.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let out = self.ctl(&["reload"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Waits for the process to exit on its own (drained after a takeover
+    /// or a signal) and reaps it.
+    pub fn wait_exit(self, rig: &mut Rig, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.pid;
+        wait_for("the gateway to exit", within, || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            stat.is_none_or(|s| s.contains(") Z ")).then_some(())
+        })?;
+        rig.wait(pid).context("the gateway was not a child of this rig")
     }
 
     /// Sends `signal` and waits for the process to exit.

@@ -58,6 +58,10 @@ pub struct Rig {
     extra: Vec<String>,
     dir: PathBuf,
     children: Vec<Child>,
+    /// A process holding the gateway namespace's mounts (with a bpffs):
+    /// gateways started through [`Rig::gateway_cmd`] share it, as the
+    /// processes of a real host share /sys/fs/bpf.
+    mounts: Option<u32>,
 }
 
 static SERIAL: AtomicU32 = AtomicU32::new(0);
@@ -69,7 +73,7 @@ impl Rig {
         let names = [format!("{id}-c"), format!("{id}-g"), format!("{id}-s")];
         let dir = std::env::temp_dir().join(&id);
         // Construct first so that Drop cleans up whatever part was made.
-        let rig = Rig { names, extra: Vec::new(), dir, children: Vec::new() };
+        let rig = Rig { names, extra: Vec::new(), dir, children: Vec::new(), mounts: None };
         std::fs::create_dir_all(&rig.dir)?;
         rig.build().with_context(|| format!("building rig {id}"))?;
         Ok(rig)
@@ -140,6 +144,30 @@ impl Rig {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.name(ns)]).arg(program);
         cmd
+    }
+
+    /// `program` in the gateway namespace and in the rig's shared mount
+    /// namespace (made on first use, with a BPF filesystem on /sys/fs/bpf):
+    /// every gateway of the rig sees the state its predecessors pinned.
+    /// (`ip netns exec` alone gives each process mounts of its own.)
+    pub fn gateway_cmd(&mut self, program: impl AsRef<std::ffi::OsStr>) -> anyhow::Result<Command> {
+        let holder = match self.mounts {
+            Some(pid) => pid,
+            None => {
+                let mut cmd = self.cmd(Ns::Gateway, "sh");
+                cmd.args(["-c", "mount -t bpf bpf /sys/fs/bpf && exec sleep infinity"]);
+                let pid = self.spawn(cmd, &self.dir.join("mounts.log"))?;
+                crate::util::wait_for("the rig's bpffs", std::time::Duration::from_secs(5), || {
+                    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+                    mounts.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")).then_some(())
+                })?;
+                self.mounts = Some(pid);
+                pid
+            }
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={holder}")).args(["--mount", "--net", "--"]).arg(program);
+        Ok(cmd)
     }
 
     /// Runs `program args…` in `ns` and returns its output (any status).

@@ -125,8 +125,7 @@ fn a_server_reset_mid_body_is_a_502() -> anyhow::Result<()> {
 }
 
 /// The gateway killed while it holds infected bodies: those clients get a
-/// broken connection, never the body; the routing goes with the gateway
-/// (its guard removes it), and nothing of it is left.
+/// broken connection, never the body.
 #[test]
 fn the_gateway_killed_under_load_delivers_nothing_it_held() -> anyhow::Result<()> {
     let mut env = Web::start("xkill", "")?;
@@ -152,9 +151,5 @@ fn the_gateway_killed_under_load_delivers_nothing_it_held() -> anyhow::Result<()
         let got = std::fs::read(env.rig.dir().join(format!("held-{i}"))).unwrap_or_default();
         assert!(!got.windows(16).any(|w| w == b"EICAR-STANDARD-A"), "client {i} got the infected body: {}", text(out));
     }
-    wait_for("the routing to go", Duration::from_secs(10), || {
-        let rules = env.rig.ip(Ns::Gateway, "rule show").ok()?;
-        (!text(&rules).contains("fwmark")).then_some(())
-    })?;
     Ok(())
 }

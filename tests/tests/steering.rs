@@ -236,19 +236,30 @@ fn teardown(signal: i32, tag: &str) -> anyhow::Result<()> {
     if signal == libc::SIGTERM {
         assert!(status.success(), "SIGTERM exit: {status}");
     }
-    assert_nothing_left(&rig)?;
+    // The steering stays pinned for the next gateway; with none running,
+    // when_down = "forward" (the default) forwards steered flows untouched.
+    let link = text(&rig.ip(Ns::Gateway, &format!("-d link show {CLIENT_IFACE}"))?);
+    assert!(link.contains("xdpgeneric"), "the pinned XDP program went with the process: {link}");
     download(&rig, &format!("http://{SERVER_V4}/f"), "b", &[]).context("forwarding after exit")?;
-    assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "traffic still steered after exit");
+    assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "traffic still steered with no gateway running");
+    // `gateway detach` removes all of it.
+    let conf = rig.dir().join("gateway.toml");
+    let mut detach = rig.gateway_cmd(tests::gateway::binary()?)?;
+    let out = detach.arg("detach").arg("--config").arg(&conf).output()?;
+    assert!(out.status.success(), "detach: {}", text(&out));
+    assert_nothing_left(&rig)?;
+    download(&rig, &format!("http://{SERVER_V4}/f"), "c", &[]).context("forwarding after detach")?;
+    assert_eq!(nginx.last_peer("/f")?, CLIENT_V4);
     Ok(())
 }
 
 #[test]
-fn sigterm_leaves_nothing_behind() -> anyhow::Result<()> {
+fn after_sigterm_steering_forwards_and_detach_leaves_nothing() -> anyhow::Result<()> {
     teardown(libc::SIGTERM, "term")
 }
 
 #[test]
-fn sigkill_leaves_nothing_behind() -> anyhow::Result<()> {
+fn after_sigkill_steering_forwards_and_detach_leaves_nothing() -> anyhow::Result<()> {
     teardown(libc::SIGKILL, "kill")
 }
 

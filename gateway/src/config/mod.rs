@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::{
+    metrics::settings::Metrics,
     proxy::{
         ftp::settings::Ftp,
         http::settings::{Http, Passage},
         settings::Proxy,
     },
     scan::settings::{Scan, ScanBackend},
+    serve::{api::settings::ApiServer, icap::settings::IcapServer},
     steering::settings::{Bypass, Steering, XdpMode},
 };
 
@@ -65,12 +67,18 @@ pub struct Config {
     pub control: Control,
     /// The scanning core: backend, policy, spooling.
     pub scan: Scan,
+    /// The ICAP server (the scanning core served to other proxies).
+    pub icap_server: IcapServer,
+    /// The antivirus API server.
+    pub api_server: ApiServer,
     /// The HTTP proxy.
     pub http: Http,
     /// The FTP gateway.
     pub ftp: Ftp,
     /// Logging.
     pub log: Log,
+    /// The Prometheus endpoint.
+    pub metrics: Metrics,
 }
 
 /// `[control]`
@@ -105,6 +113,14 @@ impl Config {
         Config::parse(&text, path)
     }
 
+    /// Reads a file without validating it against this host (`gateway
+    /// detach`: the interfaces may be gone by then).
+    pub fn load_unchecked(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse_unchecked(&text, path)
+    }
+
     /// Reads a file for `gateway scan`: only `[scan]` is validated, so a
     /// firewall's config can be used on a host without its interfaces.
     pub fn load_scan_only(path: &Path) -> Result<Config, ConfigError> {
@@ -132,7 +148,10 @@ impl Config {
         self.steering.validate()?;
         self.proxy.validate()?;
         self.scan.validate()?;
+        self.icap_server.validate()?;
+        self.api_server.validate()?;
         self.http.validate()?;
+        self.metrics.validate()?;
         self.ftp.validate()
     }
 }

@@ -27,8 +27,9 @@ pub enum Refusal {
 /// The caps and the current counts.
 #[derive(Debug)]
 pub struct Caps {
-    max: usize,
-    per_client: usize,
+    // Atomics so that a reload can change them under running connections.
+    max: AtomicUsize,
+    per_client: AtomicUsize,
     active: AtomicUsize,
     clients: Mutex<HashMap<IpAddr, usize>>,
     /// Second of the last refusal log line, and refusals since.
@@ -44,11 +45,17 @@ pub struct Admitted {
 }
 
 impl Caps {
+    /// Changes the limits (reload); connections already in keep their place.
+    pub fn set_limits(&self, max: usize, per_client: usize) {
+        self.max.store(max, Ordering::Relaxed);
+        self.per_client.store(per_client, Ordering::Relaxed);
+    }
+
     /// Caps of `max` connections in all and `per_client` per address.
     pub fn new(max: usize, per_client: usize) -> Arc<Caps> {
         Arc::new(Caps {
-            max,
-            per_client,
+            max: AtomicUsize::new(max),
+            per_client: AtomicUsize::new(per_client),
             active: AtomicUsize::new(0),
             clients: Mutex::default(),
             last_log: AtomicU64::new(0),
@@ -59,12 +66,13 @@ impl Caps {
     /// Lets a connection from `ip` in, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refusal> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if self.active.load(Ordering::Relaxed) >= self.max {
-            return Err(Refusal::Total(self.max));
+        let (max, per_client) = (self.max.load(Ordering::Relaxed), self.per_client.load(Ordering::Relaxed));
+        if self.active.load(Ordering::Relaxed) >= max {
+            return Err(Refusal::Total(max));
         }
         let n = clients.entry(ip).or_insert(0);
-        if *n >= self.per_client {
-            return Err(Refusal::Client(ip, self.per_client));
+        if *n >= per_client {
+            return Err(Refusal::Client(ip, per_client));
         }
         *n += 1;
         self.active.fetch_add(1, Ordering::Relaxed);

@@ -93,10 +93,16 @@ pub struct Proxy {
     pub ftp: ftp::FtpContext,
 }
 
+/// The proxy's settings and shared set as they are now: a reload swaps
+/// them for new connections; connections in progress keep theirs.
+pub type Current = arc_swap::ArcSwap<Proxy>;
+
 /// Accepts flows on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, kind: Kind, ctx: Arc<Proxy>) {
+pub async fn serve(listener: TcpListener, kind: Kind, current: Arc<Current>) {
     loop {
-        match listener.accept().await {
+        let accepted = listener.accept().await;
+        let ctx = current.load_full();
+        match accepted {
             Ok((client, peer)) => match ctx.caps.admit(peer.ip()) {
                 Ok(admitted) => {
                     let ctx = ctx.clone();
@@ -139,7 +145,7 @@ fn refuse(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy, refusal:
 }
 
 async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy) {
-    let _active = ActiveFlow::start(&ctx.shared.stats);
+    let _active = ActiveFlow::start(&ctx.shared.stats, kind.slot_kind());
     let start = Instant::now();
     let dst = match client.local_addr() {
         Ok(a) => a,

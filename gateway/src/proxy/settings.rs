@@ -32,6 +32,9 @@ pub struct Proxy {
     pub upstream_mark: u32,
     /// Addresses to connect from, in turn (empty: the kernel's choice).
     pub source_addresses: Vec<IpAddr>,
+    /// On SIGTERM (or when a successor takes over), how long flows in
+    /// progress may take to finish before they are closed.
+    pub drain_timeout: Span,
 }
 
 impl Default for Proxy {
@@ -47,6 +50,7 @@ impl Default for Proxy {
             max_connections_per_client: 512,
             upstream_mark: 0,
             source_addresses: Vec::new(),
+            drain_timeout: Span(std::time::Duration::from_secs(30)),
         }
     }
 }

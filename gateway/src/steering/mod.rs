@@ -1,15 +1,24 @@
 //! Steering: the kernel side of interception.
 //!
-//! Loads the eBPF object built from `gateway-ebpf`, attaches the TC
-//! classifier and the XDP filter to every client-facing interface, fills the
-//! maps from the configuration and the gateway's listeners, and installs the
-//! policy routing that delivers marked packets locally. Programs and links
-//! belong to this process: they go away when it exits, even on SIGKILL;
-//! the routing is removed by [`routing`] on exit and by [`guard`] when the
-//! process is killed.
+//! Loads the eBPF object built from `gateway-ebpf`, fills its maps from the
+//! configuration ([`apply`]) and the gateway's listeners, attaches the TC
+//! classifier and the XDP filter to every client-facing interface and the
+//! sk_lookup program to the namespace ([`links`]), and installs the policy
+//! routing that delivers marked packets locally ([`routing`]).
+//!
+//! Lifecycle: maps and links are pinned ([`pin`]), so steering outlives the
+//! process. A starting gateway adopts what is pinned: the same maps, its
+//! programs swapped into the same links. Listeners live in two generations
+//! of sockmap slots: a gateway registers its own in the generation the
+//! running one does not use, then switches new flows over with one map
+//! write ([`Steering::activate`]); flows of the previous process keep their
+//! sockets (and its FTP data expectations name its own slots) while it
+//! drains. With no gateway listening, `when_down` decides: forward or drop.
 
-pub mod guard;
+pub mod apply;
 pub mod keys;
+mod links;
+pub mod pin;
 pub mod preflight;
 pub mod routing;
 pub mod settings;
@@ -22,13 +31,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockMap},
-    programs::{SchedClassifier, SkLookup, TcAttachType, Xdp, XdpMode as AyaXdpMode},
+    maps::{HashMap, MapData, PerCpuArray, SockMap},
+    programs::{SchedClassifier, SkLookup, Xdp, XdpMode as AyaXdpMode},
 };
-use gateway_common::{Counter, ExpectKey, ExpectValue, PrefixKey, config as flags, counter, listener, steer_stat};
+use gateway_common::{Counter, ExpectKey, ExpectValue, config as flags, counter, listener, steer_stat};
 use serde::Serialize;
+use tracing::info;
 
-use self::keys::{expect_key, prefix_key};
+use self::keys::expect_key;
+use self::pin::Pins;
 use self::settings::{Steering as Settings, XdpMode};
 
 /// Why steering could not be set up.
@@ -62,7 +73,31 @@ pub enum SteeringError {
     /// A configured interface went away or changed kind since the check.
     #[error("interface {0:?} is gone or cannot carry steering")]
     Interface(String),
+    /// The pinned state could not be set up, read or written.
+    #[error("pinned steering: {0}")]
+    Pin(String),
+    /// Another gateway process owns the steering here.
+    #[error(
+        "a gateway (pid {0}) already steers this network namespace: `gateway run --takeover` replaces it without a gap, or stop it first"
+    )]
+    Running(u32),
 }
+
+/// The names of the maps, all pinned.
+const MAPS: &[&str] = &[
+    "STEER_PORTS",
+    "UDP_DROP_PORTS",
+    "EXPECTATIONS",
+    "BYPASS",
+    "BLOCK",
+    "LISTENERS",
+    "TW_SYN",
+    "FRAG_DROPPED",
+    "CONFIG",
+    "L2_LEN",
+    "COUNTERS",
+    "STEER_STATS",
+];
 
 /// The eBPF object embedded at build time by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -71,15 +106,18 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 #[derive(Clone)]
 pub struct Expectations {
     map: Arc<Mutex<HashMap<MapData, ExpectKey, ExpectValue>>>,
+    generation: u32,
 }
 
 impl Expectations {
-    /// Steers connections from `client` to `server:port` to the listener
-    /// of `kind` (see [`gateway_common::listener`]).
+    /// Steers connections from `client` to `server:port` to this process's
+    /// listener of `kind` (see [`gateway_common::listener`]).
     pub fn add(&self, client: IpAddr, server: IpAddr, port: u16, kind: u32) -> Result<(), SteeringError> {
         let key = expect_key(client, server, port);
+        let family = if server.is_ipv4() { listener::V4 } else { listener::V6 };
+        let slot = listener::slot(self.generation, kind, family);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(key, ExpectValue { kind, client_port: 0, _pad: 0 }, 0)
+        map.insert(key, ExpectValue { slot, client_port: 0, _pad: 0 }, 0)
             .map_err(|source| SteeringError::Map { what: "adding an expectation".into(), source })
     }
 
@@ -123,10 +161,14 @@ pub struct CounterStat {
     pub bytes: u64,
 }
 
-/// Loaded and attached programs with their maps.
+/// Loaded programs with their (pinned) maps.
 pub struct Steering {
-    // Keeps programs and links alive; dropping it detaches everything.
-    ebpf: Ebpf,
+    // Keeps the programs loaded; the links outlive it through their pins.
+    // Locked for map writes after start (reload, release).
+    ebpf: Mutex<Ebpf>,
+    pins: Pins,
+    generation: u32,
+    previous: Option<u32>,
     listeners: SockMap<MapData>,
     expectations: Expectations,
     counters: Option<PerCpuArray<MapData, Counter>>,
@@ -134,115 +176,131 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Loads the programs and fills the configuration maps; nothing is
-    /// attached yet, so listeners can be registered before the first
-    /// packet is steered ([`Steering::attach`]).
-    pub fn load(cfg: &Settings) -> Result<Steering, SteeringError> {
-        let mut ebpf = EbpfLoader::new()
-            .override_global("FWMARK", &cfg.fwmark, true)
-            .load(EBPF_OBJECT)
-            .map_err(SteeringError::Load)?;
+    /// Loads the programs on the pinned maps (made if this is the first
+    /// gateway here) and writes the configuration into them. Nothing new is
+    /// steered until [`Steering::attach`] and [`Steering::activate`].
+    /// Another live gateway here is refused unless `takeover`.
+    pub fn load(cfg: &Settings, takeover: bool) -> Result<Steering, SteeringError> {
+        let pins = Pins::open(&cfg.pin_dir).map_err(|e| SteeringError::Pin(e.to_string()))?;
+        let paths: Vec<_> = MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+        let mut loader = EbpfLoader::new();
+        loader.override_global("FWMARK", &cfg.fwmark, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(SteeringError::Load)?;
+        let owner = apply::config(&ebpf, flags::OWNER_PID)?;
+        let current = apply::config(&ebpf, flags::GENERATION)?;
+        let previous = (owner != std::process::id() && alive_gateway(owner)).then_some(owner);
+        if let Some(pid) = previous
+            && !takeover
         {
-            let mut ports: HashMap<_, u16, u32> =
-                HashMap::try_from(ebpf.map_mut("STEER_PORTS").ok_or(SteeringError::Missing("STEER_PORTS map"))?)
-                    .map_err(map_err("opening STEER_PORTS"))?;
-            for &p in &cfg.http_ports {
-                ports.insert(p, listener::HTTP, 0).map_err(map_err("adding an HTTP port"))?;
-            }
-            for &p in &cfg.ftp_ports {
-                ports.insert(p, listener::FTP_CONTROL, 0).map_err(map_err("adding an FTP port"))?;
-            }
-            for &p in &cfg.tls_ports {
-                ports.insert(p, listener::TLS, 0).map_err(map_err("adding a TLS port"))?;
-            }
+            return Err(SteeringError::Running(pid));
         }
-        {
-            let mut udp: HashMap<_, u16, u8> =
-                HashMap::try_from(ebpf.map_mut("UDP_DROP_PORTS").ok_or(SteeringError::Missing("UDP_DROP_PORTS map"))?)
-                    .map_err(map_err("opening UDP_DROP_PORTS"))?;
-            for &p in &cfg.drop_udp_ports {
-                udp.insert(p, 1, 0).map_err(map_err("adding a UDP port to drop"))?;
-            }
-        }
-        let mut bypass = Vec::new();
-        for b in &cfg.bypass {
-            let ifindex = match &b.interface {
-                Some(i) => crate::netdev::index(i).ok_or(SteeringError::Interface(i.clone()))?,
-                None => 0,
-            };
-            bypass.push((b.prefix, ifindex));
-        }
-        fill_trie(&mut ebpf, "BYPASS", &bypass)?;
-        let block: Vec<_> = cfg.block.iter().map(|n| (*n, 0)).collect();
-        fill_trie(&mut ebpf, "BLOCK", &block)?;
-        let mut config: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("CONFIG").ok_or(SteeringError::Missing("CONFIG map"))?)
-                .map_err(map_err("opening CONFIG"))?;
-        let f = if cfg.intercept_local { flags::flag::INTERCEPT_LOCAL } else { 0 };
-        config.set(flags::FLAGS, f, 0).map_err(map_err("setting the steering flags"))?;
-        let mut l2: HashMap<_, u32, u32> =
-            HashMap::try_from(ebpf.map_mut("L2_LEN").ok_or(SteeringError::Missing("L2_LEN map"))?)
-                .map_err(map_err("opening L2_LEN"))?;
-        for name in &cfg.interfaces {
-            let index = crate::netdev::index(name).ok_or_else(|| SteeringError::Interface(name.clone()))?;
-            let len = crate::netdev::l2_len(name).map_err(|_| SteeringError::Interface(name.clone()))?;
-            l2.insert(index, len, 0).map_err(map_err("recording an interface's link header"))?;
-        }
+        // A live predecessor keeps its generation until it drains; a dead
+        // one's slots are empty and may be reused.
+        let generation = if previous.is_some() { (current + 1) % listener::GENERATIONS } else { current };
+        apply::apply(&mut ebpf, cfg)?;
         let tc: &mut SchedClassifier = program(&mut ebpf, "steer")?;
         tc.load().map_err(prog_err("loading the TC program"))?;
         let lookup: &mut SkLookup = program(&mut ebpf, "reuse")?;
         lookup.load().map_err(prog_err("loading the sk_lookup program"))?;
-        let xdp_on = cfg.xdp_mode != XdpMode::Off;
-        if xdp_on {
+        if cfg.xdp_mode != XdpMode::Off {
             let xdp: &mut Xdp = program(&mut ebpf, "filter")?;
             xdp.load().map_err(prog_err("loading the XDP program"))?;
         }
         let listeners = SockMap::try_from(ebpf.take_map("LISTENERS").ok_or(SteeringError::Missing("LISTENERS map"))?)
             .map_err(map_err("opening LISTENERS"))?;
-        let expectations =
-            HashMap::try_from(ebpf.take_map("EXPECTATIONS").ok_or(SteeringError::Missing("EXPECTATIONS map"))?)
-                .map_err(map_err("opening EXPECTATIONS"))?;
-        let counters = if xdp_on {
-            let m = ebpf.take_map("COUNTERS").ok_or(SteeringError::Missing("COUNTERS map"))?;
-            Some(PerCpuArray::try_from(m).map_err(map_err("opening COUNTERS"))?)
-        } else {
-            None
+        let map = HashMap::try_from(ebpf.take_map("EXPECTATIONS").ok_or(SteeringError::Missing("EXPECTATIONS map"))?)
+            .map_err(map_err("opening EXPECTATIONS"))?;
+        let expectations = Expectations { map: Arc::new(Mutex::new(map)), generation };
+        let counters = match cfg.xdp_mode {
+            XdpMode::Off => None,
+            _ => Some(
+                PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(SteeringError::Missing("COUNTERS map"))?)
+                    .map_err(map_err("opening COUNTERS"))?,
+            ),
         };
         let steer_stats =
             PerCpuArray::try_from(ebpf.take_map("STEER_STATS").ok_or(SteeringError::Missing("STEER_STATS map"))?)
                 .map_err(map_err("opening STEER_STATS"))?;
         Ok(Steering {
-            ebpf,
+            ebpf: Mutex::new(ebpf),
+            pins,
+            generation,
+            previous,
             listeners,
-            expectations: Expectations { map: Arc::new(Mutex::new(expectations)) },
+            expectations,
             counters,
             steer_stats,
         })
     }
 
-    /// Attaches the programs: TC and XDP to every configured interface,
-    /// sk_lookup to this network namespace.
+    /// The gateway process this one takes over from, if one was running.
+    pub fn previous_owner(&self) -> Option<u32> {
+        self.previous
+    }
+
+    /// Attaches the programs: TC and XDP to every configured interface (in
+    /// the pinned links, replacing earlier programs in place), sk_lookup to
+    /// this network namespace; links of interfaces no longer configured go.
     pub fn attach(&mut self, cfg: &Settings) -> Result<(), SteeringError> {
-        let tc: &mut SchedClassifier = program(&mut self.ebpf, "steer")?;
+        let ebpf = self.ebpf.get_mut().unwrap_or_else(|p| p.into_inner());
+        let tc: &mut SchedClassifier = program(ebpf, "steer")?;
         for iface in &cfg.interfaces {
-            tc.attach(iface, TcAttachType::Ingress)
-                .map_err(prog_err(&format!("attaching the TC program to {iface}")))?;
+            links::tc(tc, &self.pins, iface)?;
         }
-        // sk_lookup belongs to the network namespace the gateway runs in.
-        let netns = std::fs::File::open("/proc/self/ns/net").map_err(SteeringError::Netns)?;
-        let lookup: &mut SkLookup = program(&mut self.ebpf, "reuse")?;
-        lookup.attach(netns).map_err(prog_err("attaching the sk_lookup program"))?;
+        links::prune(&self.pins, "tc", &cfg.interfaces)?;
+        let lookup: &mut SkLookup = program(ebpf, "reuse")?;
+        links::sk_lookup(lookup, &self.pins)?;
+        let xdp_ifaces: &[String] = if cfg.xdp_mode == XdpMode::Off { &[] } else { &cfg.interfaces };
         if cfg.xdp_mode != XdpMode::Off {
             let mode = if cfg.xdp_mode == XdpMode::Native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
-            let xdp: &mut Xdp = program(&mut self.ebpf, "filter")?;
+            let xdp: &mut Xdp = program(ebpf, "filter")?;
             for iface in &cfg.interfaces {
-                xdp.attach(iface, mode).map_err(prog_err(&format!("attaching the XDP program to {iface}")))?;
+                links::xdp(xdp, &self.pins, iface, mode)?;
             }
+        }
+        links::prune(&self.pins, "xdp", xdp_ifaces)
+    }
+
+    /// Makes this process's listeners the ones new flows go to, and this
+    /// process the owner. Call after every listener is registered.
+    pub fn activate(&self) -> Result<(), SteeringError> {
+        let mut ebpf = self.ebpf();
+        apply::set_config(&mut ebpf, flags::GENERATION, self.generation)?;
+        apply::set_config(&mut ebpf, flags::OWNER_PID, std::process::id())?;
+        info!("steering: new flows go to this gateway (listener generation {})", self.generation);
+        Ok(())
+    }
+
+    /// Rewrites the configuration in the maps (reload); ports, prefixes
+    /// and flags change for the next packet, the programs stay.
+    pub fn reconfigure(&self, cfg: &Settings) -> Result<(), SteeringError> {
+        apply::apply(&mut self.ebpf(), cfg)
+    }
+
+    /// Gives up ownership on a clean exit, if this process still has it
+    /// (a successor that took over keeps it).
+    pub fn release(&self) -> Result<(), SteeringError> {
+        let mut ebpf = self.ebpf();
+        if apply::config(&ebpf, flags::OWNER_PID)? == std::process::id() {
+            apply::set_config(&mut ebpf, flags::OWNER_PID, 0)?;
         }
         Ok(())
     }
 
-    /// Makes `socket` the target for new flows of `kind` in its family.
+    /// Whether this process still owns the steering (no successor took it).
+    pub fn owned(&self) -> bool {
+        apply::config(&self.ebpf(), flags::OWNER_PID).is_ok_and(|pid| pid == std::process::id())
+    }
+
+    fn ebpf(&self) -> std::sync::MutexGuard<'_, Ebpf> {
+        self.ebpf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `socket` as this process's listener of `kind` in its
+    /// family (new flows reach it once [`Steering::activate`] ran).
     pub fn register_listener(
         &mut self,
         kind: u32,
@@ -251,7 +309,7 @@ impl Steering {
     ) -> Result<(), SteeringError> {
         let family = if local.is_ipv4() { listener::V4 } else { listener::V6 };
         self.listeners
-            .set(listener::slot(kind, family), socket, 0)
+            .set(listener::slot(self.generation, kind, family), socket, 0)
             .map_err(|source| SteeringError::Map { what: format!("registering the listener on {local}"), source })
     }
 
@@ -286,6 +344,11 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> CounterStat {
     s
 }
 
+/// Whether `pid` is a running gateway process.
+fn alive_gateway(pid: u32) -> bool {
+    pid != 0 && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "gateway")
+}
+
 fn map_err(what: &str) -> impl FnOnce(aya::maps::MapError) -> SteeringError {
     let what = what.to_string();
     move |source| SteeringError::Map { what, source }
@@ -305,16 +368,4 @@ where
         .ok_or(SteeringError::Missing(name))?
         .try_into()
         .map_err(prog_err(&format!("finding the {name} program")))
-}
-
-/// Fills an LPM trie with (prefix, interface index or 0).
-fn fill_trie(ebpf: &mut Ebpf, name: &'static str, nets: &[(ipnet::IpNet, u32)]) -> Result<(), SteeringError> {
-    let map = ebpf.map_mut(name).ok_or(SteeringError::Missing(name))?;
-    let mut trie: LpmTrie<_, PrefixKey, u8> =
-        LpmTrie::try_from(map).map_err(|source| SteeringError::Map { what: format!("opening {name}"), source })?;
-    for (net, ifindex) in nets {
-        trie.insert(&prefix_key(net, *ifindex), 1, 0)
-            .map_err(|source| SteeringError::Map { what: format!("adding {net} to {name}"), source })?;
-    }
-    Ok(())
 }

@@ -3,12 +3,12 @@
 //! and IPv6. Without them a packet assigned to a gateway socket at TC
 //! ingress would still be forwarded, and the connection would hang.
 //!
-//! Each gateway instance takes a slot of its own (table `route_table + k`,
-//! priority `rule_priority + k`, the first `k` whose rule is absent) and
-//! marks its route with an instance number (the route's metric). Removal
-//! deletes only routes with that number, and a rule only when no other
-//! instance's route is left in its table: an old gateway's cleanup (or its
-//! guard's, woken late) can never take a newer instance's routing away.
+//! The routing has the same life as the pinned steering (`super::pin`): a
+//! starting gateway installs it (idempotently: a successor finds it in
+//! place), nothing removes it on exit — an exiting or killed gateway leaves
+//! the programs attached, and they mark only what they hand to a gateway
+//! socket — and `gateway detach` removes it with the pins. So no gateway's
+//! exit, however late its cleanup, can take a successor's routing away.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -20,9 +20,6 @@ use rtnetlink::{
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
-
-/// Slots (tables and priorities) instances may take side by side.
-pub const SLOTS: u32 = 16;
 
 /// A netlink request failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +33,13 @@ pub enum RoutingError {
         #[source]
         source: std::io::Error,
     },
-    /// Every slot holds a rule.
-    #[error(
-        "all {SLOTS} routing slots for fwmark {0:#x} hold a rule (stale ones from killed instances?): remove them with `ip rule del fwmark {0:#x}`"
-    )]
-    NoSlot(u32),
 }
 
 fn err(what: impl Into<String>, e: impl std::fmt::Display) -> RoutingError {
     RoutingError::Netlink { what: what.into(), source: std::io::Error::other(e.to_string()) }
 }
 
-/// One instance's rule and table that deliver marked packets locally.
+/// The rule and table that deliver marked packets locally.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyRouting {
     /// fwmark set by the TC program.
@@ -56,8 +48,6 @@ pub struct PolicyRouting {
     pub table: u32,
     /// Rule priority.
     pub priority: u32,
-    /// This instance's number: the metric of its routes.
-    pub instance: u32,
 }
 
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -95,40 +85,16 @@ fn rule_of(rule: &RuleMessage) -> (Option<u32>, u32, Option<u32>) {
     (mark, table, prio)
 }
 
-fn route_of(route: &RouteMessage) -> (u32, u32) {
-    let (mut table, mut metric) = (u32::from(route.header.table), 0);
-    for a in &route.attributes {
-        match a {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Priority(p) => metric = *p,
-            _ => {}
-        }
-    }
-    (table, metric)
+fn route_table(route: &RouteMessage) -> u32 {
+    route.attributes.iter().fold(u32::from(route.header.table), |t, a| match a {
+        RouteAttribute::Table(t) => *t,
+        _ => t,
+    })
 }
 
 impl PolicyRouting {
-    /// Takes the first slot whose rule is absent for `fwmark`.
-    pub async fn claim(fwmark: u32, base_table: u32, base_priority: u32) -> Result<PolicyRouting, RoutingError> {
-        let handle = connect().await?;
-        let mut taken = Vec::new();
-        for v in [IpVersion::V4, IpVersion::V6] {
-            for r in rules(&handle, v).await? {
-                if let (Some(m), table, _) = rule_of(&r)
-                    && m == fwmark
-                {
-                    taken.push(table);
-                }
-            }
-        }
-        let k = (0..SLOTS).find(|k| !taken.contains(&(base_table + k))).ok_or(RoutingError::NoSlot(fwmark))?;
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let instance = (std::process::id().rotate_left(16) ^ nanos) | 1;
-        Ok(PolicyRouting { fwmark, table: base_table + k, priority: base_priority + k, instance })
-    }
-
-    /// Installs this instance's routes (first, so that the rule never
-    /// points at an empty table) and rules.
+    /// Installs the routes (first, so that the rule never points at an
+    /// empty table) and the rules; what is in place already is kept.
     pub async fn install(&self) -> Result<(), RoutingError> {
         let handle = connect().await?;
         for v6 in [false, true] {
@@ -160,14 +126,9 @@ impl PolicyRouting {
         Ok(())
     }
 
-    /// `local default dev lo` in this instance's table, with its number.
+    /// `local default dev lo` in the table.
     fn local_route<T>(&self, b: RouteMessageBuilder<T>) -> RouteMessage {
-        b.table_id(self.table)
-            .kind(RouteType::Local)
-            .scope(RouteScope::Host)
-            .output_interface(LOOPBACK_IFINDEX)
-            .priority(self.instance)
-            .build()
+        b.table_id(self.table).kind(RouteType::Local).scope(RouteScope::Host).output_interface(LOOPBACK_IFINDEX).build()
     }
 
     async fn rule_present(&self, handle: &Handle, v6: bool) -> Result<bool, RoutingError> {
@@ -180,23 +141,12 @@ impl PolicyRouting {
         mark == Some(self.fwmark) && table == self.table && prio.is_none_or(|p| p == self.priority)
     }
 
-    /// Removes this instance's routes, and its rules where no other
-    /// instance's route is left in the table. Idempotent.
+    /// Removes the routes and rules (`gateway detach`). Idempotent.
     pub async fn remove(&self) -> Result<(), RoutingError> {
         let handle = connect().await?;
         for (v6, version) in [(false, IpVersion::V4), (true, IpVersion::V6)] {
-            let mut others = false;
-            for route in routes(&handle, v6).await? {
-                match route_of(&route) {
-                    (t, m) if t == self.table && m == self.instance => {
-                        handle.route().del(route).execute().await.map_err(|e| err("deleting a route", e))?;
-                    }
-                    (t, _) if t == self.table => others = true,
-                    _ => {}
-                }
-            }
-            if others {
-                continue;
+            for route in routes(&handle, v6).await?.into_iter().filter(|r| route_table(r) == self.table) {
+                handle.route().del(route).execute().await.map_err(|e| err("deleting a route", e))?;
             }
             for rule in rules(&handle, version).await?.into_iter().filter(|r| self.is_rule(r)) {
                 handle.rule().del(rule).execute().await.map_err(|e| err("deleting a rule", e))?;
@@ -205,12 +155,12 @@ impl PolicyRouting {
         Ok(())
     }
 
-    /// Whether this instance's rules and routes are all in place.
+    /// Whether the rules and routes are all in place.
     pub async fn present(&self) -> Result<bool, RoutingError> {
         let handle = connect().await?;
         for v6 in [false, true] {
-            let own = routes(&handle, v6).await?.iter().any(|r| route_of(r) == (self.table, self.instance));
-            if !own || !self.rule_present(&handle, v6).await? {
+            let route = routes(&handle, v6).await?.iter().any(|r| route_table(r) == self.table);
+            if !route || !self.rule_present(&handle, v6).await? {
                 return Ok(false);
             }
         }

@@ -1,7 +1,7 @@
 //! `[steering]`: which forwarded flows the eBPF programs hand to the
 //! gateway, which they leave alone, and which XDP drops.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -30,11 +30,17 @@ pub struct Steering {
     pub xdp_mode: XdpMode,
     /// fwmark put on steered packets.
     pub fwmark: u32,
-    /// Routing table holding `local default dev lo` (the first of the
-    /// tables a gateway instance may take; see `steering::routing`).
+    /// Routing table holding `local default dev lo`.
     pub route_table: u32,
-    /// Priority of the `fwmark → table` rule (likewise the first).
+    /// Priority of the `fwmark → table` rule.
     pub rule_priority: u32,
+    /// Where the programs' maps and links are pinned (on a bpffs), so that
+    /// steering outlives the process and a successor takes it over.
+    pub pin_dir: PathBuf,
+    /// While no gateway process listens (stopped, crashed, restarting
+    /// without `--takeover`): "forward" steered flows untouched (fail
+    /// open) or "drop" them (fail closed).
+    pub when_down: WhenDown,
     /// Destination ports steered to the TLS interception listener (set
     /// from `[tls]` when interception is on, not from this section).
     #[serde(skip)]
@@ -59,10 +65,22 @@ impl Default for Steering {
             fwmark: gateway_common::DEFAULT_FWMARK,
             route_table: 4757,
             rule_priority: 1000,
+            pin_dir: PathBuf::from("/sys/fs/bpf/gateway"),
+            when_down: WhenDown::Forward,
             tls_ports: Vec::new(),
             drop_udp_ports: Vec::new(),
         }
     }
+}
+
+/// What the programs do with steered flows while no gateway listens.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenDown {
+    /// Forward them untouched, unscanned (fail open).
+    Forward,
+    /// Drop them (fail closed).
+    Drop,
 }
 
 /// How the XDP program is attached.
@@ -157,7 +175,7 @@ impl Steering {
         if self.fwmark == 0 {
             return Err("steering.fwmark must not be 0".into());
         }
-        if matches!(self.route_table, 0 | 253..=255) || self.route_table > u32::MAX - 16 {
+        if matches!(self.route_table, 0 | 253..=255) {
             return Err(format!("steering.route_table {} is reserved by the kernel", self.route_table));
         }
         Ok(())
