@@ -23,6 +23,12 @@ pub enum TransferKind {
     FtpDownload,
     /// An FTP STOR, STOU or APPE.
     FtpUpload,
+    /// A response body sent to the ICAP server (RESPMOD).
+    IcapRespmod,
+    /// A request body sent to the ICAP server (REQMOD).
+    IcapReqmod,
+    /// A file sent to the antivirus API server.
+    ApiScan,
 }
 
 impl TransferKind {
@@ -33,6 +39,9 @@ impl TransferKind {
             TransferKind::HttpUpload => "http-upload",
             TransferKind::FtpDownload => "ftp-download",
             TransferKind::FtpUpload => "ftp-upload",
+            TransferKind::IcapRespmod => "icap-respmod",
+            TransferKind::IcapReqmod => "icap-reqmod",
+            TransferKind::ApiScan => "api-scan",
         }
     }
 }

@@ -13,9 +13,91 @@ use crate::verdict::{ErrorKind, Verdict};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A body on its way to a scanner: chunks of at most [`super::MAX_CHUNK`]
-/// bytes, at most [`super::QUEUE`] of them waiting; the channel closes at
-/// the body's end.
-pub type Body = mpsc::Receiver<Bytes>;
+/// bytes, at most [`super::QUEUE`] of them waiting in the channel, which
+/// closes at the body's end.
+///
+/// The chunks taken so far are kept while they add up to at most
+/// [`REPLAY`] bytes, so that a scan whose scanner failed before answering
+/// can start over on another member of the pool (or a fresh connection):
+/// [`Body::rewind`]. Past that the body is committed to the scanner it is
+/// going to.
+pub struct Body {
+    rx: mpsc::Receiver<Bytes>,
+    kept: Vec<Bytes>,
+    kept_bytes: usize,
+    /// Index of the next kept chunk to hand out again after a rewind.
+    next: usize,
+    /// Chunks were taken that are not kept: no rewind is possible.
+    committed: bool,
+    taken: u64,
+}
+
+/// Bytes of a body kept for a replay on another scanner (1 MiB).
+pub const REPLAY: usize = 1 << 20;
+
+impl Body {
+    /// A body arriving on `rx`.
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> Body {
+        Body { rx, kept: Vec::new(), kept_bytes: 0, next: 0, committed: false, taken: 0 }
+    }
+
+    fn keep(&mut self, chunk: &Bytes) {
+        self.taken += chunk.len() as u64;
+        if self.committed {
+            return;
+        }
+        self.kept_bytes += chunk.len();
+        if self.kept_bytes <= REPLAY {
+            self.kept.push(chunk.clone());
+            self.next = self.kept.len();
+        } else {
+            self.committed = true;
+            self.kept = Vec::new();
+            self.next = 0;
+        }
+    }
+
+    fn replayed(&mut self) -> Option<Bytes> {
+        let c = self.kept.get(self.next)?.clone();
+        self.next += 1;
+        Some(c)
+    }
+
+    /// The next chunk (a kept one again after a rewind), `None` at the end.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        if let Some(c) = self.replayed() {
+            return Some(c);
+        }
+        let c = self.rx.recv().await?;
+        self.keep(&c);
+        Some(c)
+    }
+
+    /// The next chunk if one is there without waiting.
+    pub fn try_recv(&mut self) -> Result<Bytes, mpsc::error::TryRecvError> {
+        if let Some(c) = self.replayed() {
+            return Ok(c);
+        }
+        let c = self.rx.try_recv()?;
+        self.keep(&c);
+        Ok(c)
+    }
+
+    /// Starts the body over from its first byte, for another attempt;
+    /// `false` when too much of it went to a scanner to be given again.
+    pub fn rewind(&mut self) -> bool {
+        if self.committed {
+            return false;
+        }
+        self.next = 0;
+        true
+    }
+
+    /// Bytes taken from the channel so far.
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+}
 
 /// A scanner.
 pub trait Backend: Send + Sync {
@@ -25,9 +107,11 @@ pub trait Backend: Send + Sync {
     /// Whether it answers (PING, OPTIONS …): a version or status line.
     fn health(&self) -> BoxFuture<'_, Result<String, String>>;
 
-    /// Scans the body arriving on `body` and returns the verdict once the
-    /// channel has closed (or earlier, if the scanner decided early).
-    fn scan<'a>(&'a self, meta: &'a ScanMeta, body: Body) -> BoxFuture<'a, Verdict>;
+    /// Scans the body arriving on `body` and returns the verdict once it
+    /// has ended (or earlier, if the scanner decided early). An error
+    /// verdict leaves the body where it stopped: the pool may rewind it
+    /// for another member.
+    fn scan<'a>(&'a self, meta: &'a ScanMeta, body: &'a mut Body) -> BoxFuture<'a, Verdict>;
 }
 
 /// The scans one scanner may have in flight, and the line before them:

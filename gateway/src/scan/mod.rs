@@ -11,11 +11,13 @@
 //! [`Session::finish`] returns the verdict with its figures and the held
 //! body for delivery.
 
+pub mod api;
 pub mod backend;
 pub mod clamd;
 pub mod files;
 pub mod icap;
 mod meta;
+pub mod pool;
 pub mod settings;
 
 use std::{sync::Arc, time::Instant};
@@ -24,14 +26,14 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use self::settings::{Scan as Settings, ScanBackend};
+use self::{
+    backend::Body,
+    pool::{MemberStatus, Pool},
+    settings::{Scan as Settings, ScanBackend},
+};
 pub use self::{
     backend::Backend,
     meta::{Direction, ScanMeta},
-};
-use self::{
-    clamd::{Clamd, ClamdAddr},
-    icap::{IcapClient, IcapSettings},
 };
 use crate::{
     decide::Decider,
@@ -57,44 +59,32 @@ pub enum SetupError {
     /// The backend's list is empty.
     #[error("scan.backend {0:?} has no address configured")]
     Empty(&'static str),
+    /// The API backend's URL, key or certificate authorities.
+    #[error("{0:#}")]
+    Api(anyhow::Error),
 }
 
-/// The scanning core: backend, decisions, spool settings, limits.
+/// The scanning core: backend pool, decisions, spool settings, limits.
 pub struct Scanner {
-    backend: Box<dyn Backend>,
+    pool: Pool,
+    kind: ScanBackend,
     decider: Arc<Decider>,
     spool: SpoolConfig,
     max_scan_size: u64,
 }
 
 impl Scanner {
-    /// Builds the scanner from `[scan]`.
+    /// Builds the scanner from `[scan]`: a pool of the configured backend's
+    /// members (each backend reads its own keys).
     pub fn new(cfg: &Settings, decider: Arc<Decider>) -> Result<Scanner, SetupError> {
-        let backend: Box<dyn Backend> = match cfg.backend {
-            ScanBackend::Clamd => {
-                let addr = cfg.clamd.first().ok_or(SetupError::Empty("clamd"))?;
-                Box::new(Clamd::new(ClamdAddr::parse(addr)?, cfg.io_timeout.0, cfg.max_scans, cfg.queue_timeout.0))
-            }
-            ScanBackend::Icap => Box::new(IcapClient::new(
-                &cfg.icap,
-                IcapSettings {
-                    io_timeout: cfg.io_timeout.0,
-                    deadline: cfg.icap_deadline.0,
-                    deadline_per_mib: cfg.icap_deadline_per_mib.0,
-                    failures_before_suspend: cfg.icap_failures_before_suspend,
-                    suspend: cfg.icap_suspend.0,
-                    max_connections: if cfg.max_scans > 0 {
-                        cfg.max_scans.min(cfg.icap_max_connections)
-                    } else {
-                        cfg.icap_max_connections
-                    },
-                    default_options_ttl: cfg.icap_options_ttl.0,
-                    queue_timeout: cfg.queue_timeout.0,
-                },
-            )?),
+        let members: Vec<Box<dyn Backend>> = match cfg.backend {
+            ScanBackend::Clamd => clamd::members(cfg)?,
+            ScanBackend::Icap => icap::members(cfg)?,
+            ScanBackend::Api => api::members(cfg).map_err(SetupError::Api)?,
         };
         Ok(Scanner {
-            backend,
+            pool: Pool::new(members, cfg.pool_settings()),
+            kind: cfg.backend,
             decider,
             spool: SpoolConfig {
                 dir: cfg.spool_dir.clone(),
@@ -116,9 +106,24 @@ impl Scanner {
         Scanner::new(cfg, Arc::new(Decider::new(policy, cache, detections)))
     }
 
-    /// The backend.
+    /// The backend (the pool of its members).
     pub fn backend(&self) -> &dyn Backend {
-        self.backend.as_ref()
+        &self.pool
+    }
+
+    /// The pool: members' states, a health check on demand, signatures.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Every pool member's state, for `gateway stats`.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        self.pool.status()
+    }
+
+    /// Largest body scanned (`scan.max_scan_size`).
+    pub fn max_scan_size(&self) -> u64 {
+        self.max_scan_size
     }
 
     /// The decision maker.
@@ -133,14 +138,14 @@ impl Scanner {
 
     /// Checks that the backend answers (PING / OPTIONS).
     pub async fn health(&self) -> Result<String, String> {
-        self.backend.health().await
+        self.pool.health().await
     }
 
     /// Starts scanning a body; `hold` keeps it in a spool for delivery.
     pub fn start(self: &Arc<Self>, meta: ScanMeta, hold: bool) -> Session {
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
         let scanner = self.clone();
-        let task = tokio::spawn(async move { scanner.backend.scan(&meta, rx).await });
+        let task = tokio::spawn(async move { scanner.pool.scan(&meta, &mut Body::new(rx)).await });
         Session {
             scanner: self.clone(),
             tx: Some(tx),
@@ -348,6 +353,7 @@ impl Session {
             t.abort();
         }
         let pending = Pending {
+            backend: self.scanner.kind.name(),
             task,
             ready,
             partial: self.partial.take(),
@@ -383,6 +389,8 @@ impl Drop for Session {
 
 /// A body whose verdict is on its way.
 pub struct Pending {
+    /// The backend's name, for metrics.
+    backend: &'static str,
     task: Option<JoinHandle<Verdict>>,
     ready: Option<(Verdict, bool)>,
     partial: Option<Verdict>,
@@ -394,6 +402,7 @@ pub struct Pending {
 impl Pending {
     /// Waits for the verdict. Cancel-safe: it can be awaited again.
     pub async fn outcome(&mut self) -> Outcome {
+        let fresh = self.ready.is_some() || self.task.is_some();
         let (verdict, cached) = match (self.ready.take(), self.task.as_mut()) {
             (Some(ready), _) => ready,
             (None, Some(task)) => {
@@ -412,7 +421,11 @@ impl Pending {
             (_, Verdict::Modified { body_sha256: Some(sha), .. }) if sha == self.sha256 => Verdict::Clean,
             (_, v) => v,
         };
-        Outcome { verdict, bytes: self.scanned, after_last_byte: self.last_byte.elapsed(), sha256: self.sha256, cached }
+        let after_last_byte = self.last_byte.elapsed();
+        if fresh && !cached {
+            crate::metrics::events().scanned(self.backend, &verdict, after_last_byte);
+        }
+        Outcome { verdict, bytes: self.scanned, after_last_byte, sha256: self.sha256, cached }
     }
 }
 

@@ -15,18 +15,32 @@ pub enum ScanBackend {
     Clamd,
     /// ICAP services (RESPMOD/REQMOD).
     Icap,
+    /// An antivirus API (Cloudmersive's virus-scan API): `[scan.api]`.
+    Api,
+}
+
+impl ScanBackend {
+    /// The name in the configuration and in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScanBackend::Clamd => "clamd",
+            ScanBackend::Icap => "icap",
+            ScanBackend::Api => "api",
+        }
+    }
 }
 
 /// `[scan]`
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scan {
-    /// `clamd` or `icap`.
+    /// `clamd`, `icap` or `api`.
     pub backend: ScanBackend,
-    /// clamd addresses: `unix:PATH` or `tcp:HOST:PORT`.
+    /// clamd addresses: `unix:PATH` or `tcp:HOST:PORT`; more than one make
+    /// a pool.
     #[serde(deserialize_with = "crate::units::one_or_many")]
     pub clamd: Vec<String>,
-    /// ICAP services in order of preference.
+    /// ICAP services; more than one make a pool.
     #[serde(deserialize_with = "crate::units::one_or_many")]
     pub icap: Vec<String>,
     /// Scanner errors: `block` (fail closed) or `allow` (fail open).
@@ -35,8 +49,9 @@ pub struct Scan {
     pub max_scan_size: Size,
     /// … and are then blocked or allowed.
     pub on_oversize: Action,
-    /// Scans in flight per scanner at most (0: clamd's MaxThreads × 2, or
-    /// the ICAP service's Max-Connections); more wait in line.
+    /// Scans in flight per scanner (pool member) at most (0: clamd's
+    /// MaxThreads × 2, or the ICAP service's Max-Connections); more wait in
+    /// line.
     pub max_scans: usize,
     /// How long a body may wait in line for a scanner before the scan
     /// fails as busy (`on_error`).
@@ -55,10 +70,14 @@ pub struct Scan {
     pub icap_deadline: Span,
     /// … plus this much per MiB of body.
     pub icap_deadline_per_mib: Span,
-    /// ICAP: consecutive failures that suspend a service …
-    pub icap_failures_before_suspend: u32,
+    /// Pools: time between health checks of every member (0: none).
+    pub health_interval: Span,
+    /// Pools: failed scans in a row that suspend a member …
+    #[serde(alias = "icap_failures_before_suspend")]
+    pub failures_before_suspend: u32,
     /// … for this long.
-    pub icap_suspend: Span,
+    #[serde(alias = "icap_suspend")]
+    pub suspend: Span,
     /// ICAP: connections per service at most (lowered by Max-Connections).
     pub icap_max_connections: usize,
     /// ICAP: how long OPTIONS hold when the service sends no Options-TTL.
@@ -67,6 +86,8 @@ pub struct Scan {
     pub cache_ttl: Span,
     /// How many infected bodies are remembered.
     pub cache_entries: usize,
+    /// `[scan.api]`: the antivirus-API backend (last: a TOML table).
+    pub api: crate::scan::api::settings::Api,
 }
 
 impl Default for Scan {
@@ -88,12 +109,14 @@ impl Default for Scan {
             io_timeout: Span(Duration::from_secs(30)),
             icap_deadline: Span(Duration::from_secs(60)),
             icap_deadline_per_mib: Span(Duration::from_secs(1)),
-            icap_failures_before_suspend: 3,
-            icap_suspend: Span(Duration::from_secs(30)),
+            health_interval: Span(Duration::from_secs(5)),
+            failures_before_suspend: 3,
+            suspend: Span(Duration::from_secs(30)),
             icap_max_connections: 32,
             icap_options_ttl: Span(Duration::from_secs(3600)),
             cache_ttl: Span(Duration::from_secs(3600)),
             cache_entries: 10000,
+            api: Default::default(),
         }
     }
 }
@@ -107,12 +130,16 @@ impl Scan {
         for a in &self.clamd {
             crate::scan::clamd::ClamdAddr::parse(a).map_err(|e| format!("scan.clamd: {e}"))?;
         }
+        if self.failures_before_suspend == 0 {
+            return Err("scan.failures_before_suspend must be at least 1".into());
+        }
         if self.backend == ScanBackend::Icap && self.icap.is_empty() {
             return Err("scan.backend is \"icap\" but scan.icap lists no service".into());
         }
         for u in &self.icap {
             crate::scan::icap::ServiceUrl::parse(u).map_err(|e| format!("scan.icap: {e}"))?;
         }
+        self.api.validate(self.backend == ScanBackend::Api)?;
         if self.spool_memory > self.spool_memory_total {
             return Err("scan.spool_memory is larger than scan.spool_memory_total".into());
         }
@@ -122,6 +149,16 @@ impl Scan {
             );
         }
         Ok(())
+    }
+
+    /// How pools treat their members.
+    pub fn pool_settings(&self) -> crate::scan::pool::PoolSettings {
+        crate::scan::pool::PoolSettings {
+            health_interval: self.health_interval.0,
+            health_timeout: self.io_timeout.0.min(std::time::Duration::from_secs(10)),
+            failures_before_suspend: self.failures_before_suspend,
+            suspend: self.suspend.0,
+        }
     }
 
     /// The policy for failed scans; `undecodable` comes from `[http]`.

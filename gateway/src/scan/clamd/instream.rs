@@ -1,9 +1,8 @@
-//! One INSTREAM scan on a session connection: the framing, the kept
-//! chunks for a replay, and clamd's reply.
+//! One INSTREAM scan on a session connection: the framing and clamd's
+//! reply.
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     sync::mpsc,
@@ -11,38 +10,11 @@ use tokio::{
 };
 
 use super::conn::Conn;
+use crate::scan::backend::Body;
 use crate::verdict::{ErrorKind, Verdict};
-
-/// Chunks kept for a replay on a fresh connection, at most this many bytes;
-/// a longer body that meets a dead pooled session gets an error verdict.
-const REPLAY: usize = 1 << 20;
 
 /// Chunks smaller than this are gathered into one write with the framing.
 const COPY_BELOW: usize = 16 * 1024;
-
-/// The body's chunks taken from the channel so far, kept for a replay
-/// while they fit in [`REPLAY`].
-#[derive(Default)]
-pub(super) struct Kept {
-    chunks: Vec<Bytes>,
-    bytes: usize,
-    complete: bool,
-}
-
-impl Kept {
-    fn push(&mut self, chunk: &Bytes) {
-        self.bytes += chunk.len();
-        if self.bytes <= REPLAY {
-            self.chunks.push(chunk.clone());
-        } else {
-            self.chunks.clear();
-        }
-    }
-
-    pub(super) fn replayable(&self) -> bool {
-        self.bytes <= REPLAY
-    }
-}
 
 /// How one attempt on one connection ended.
 pub(super) enum Attempt {
@@ -52,25 +24,16 @@ pub(super) enum Attempt {
     Unanswered(Verdict),
 }
 
-/// One INSTREAM on `s` (opening the session first when `new`): the kept
-/// chunks are sent again, then the rest of `body` as it comes.
-pub(super) async fn instream(
-    s: &mut Conn,
-    new: bool,
-    body: &mut mpsc::Receiver<Bytes>,
-    kept: &mut Kept,
-    t: Duration,
-) -> Attempt {
+/// One INSTREAM on `s` (opening the session first when `new`): `body` as
+/// it comes (from its start again after a rewind).
+pub(super) async fn instream(s: &mut Conn, new: bool, body: &mut Body, t: Duration) -> Attempt {
     let sent = async {
         let mut out: Vec<u8> = Vec::with_capacity(COPY_BELOW);
         if new {
             out.extend_from_slice(b"zIDSESSION\0");
         }
         out.extend_from_slice(b"zINSTREAM\0");
-        for chunk in &kept.chunks {
-            frame(&mut out, chunk);
-        }
-        while !kept.complete {
+        loop {
             // Small bodies go out in one write; larger ones as they come.
             let chunk = match body.try_recv() {
                 Ok(c) => Some(c),
@@ -86,7 +49,6 @@ pub(super) async fn instream(
             match chunk {
                 Some(c) if c.len() >= COPY_BELOW => {
                     // Large chunks go out as they are, not copied.
-                    kept.push(&c);
                     for part in c.chunks(1 << 20) {
                         out.extend_from_slice(&(part.len() as u32).to_be_bytes());
                         timeout(t, s.write_all(&out)).await??;
@@ -95,14 +57,13 @@ pub(super) async fn instream(
                     }
                 }
                 Some(c) => {
-                    kept.push(&c);
                     frame(&mut out, &c);
                     if out.len() >= COPY_BELOW {
                         timeout(t, s.write_all(&out)).await??;
                         out.clear();
                     }
                 }
-                None => kept.complete = true,
+                None => break,
             }
         }
         out.extend_from_slice(&[0, 0, 0, 0]);

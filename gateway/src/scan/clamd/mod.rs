@@ -38,7 +38,7 @@ use tokio::{
 
 use self::{
     conn::Conn,
-    instream::{Attempt, Kept, instream},
+    instream::{Attempt, instream},
 };
 use super::{
     ScanMeta,
@@ -92,6 +92,20 @@ impl std::fmt::Display for ClamdAddr {
             ClamdAddr::Tcp(a) => write!(f, "tcp:{a}"),
         }
     }
+}
+
+/// One member per `[scan] clamd` address.
+pub fn members(cfg: &crate::scan::settings::Scan) -> Result<Vec<Box<dyn Backend>>, crate::scan::SetupError> {
+    if cfg.clamd.is_empty() {
+        return Err(crate::scan::SetupError::Empty("clamd"));
+    }
+    cfg.clamd
+        .iter()
+        .map(|a| {
+            let c = Clamd::new(ClamdAddr::parse(a)?, cfg.io_timeout.0, cfg.max_scans, cfg.queue_timeout.0);
+            Ok(Box::new(c) as Box<dyn Backend>)
+        })
+        .collect()
 }
 
 /// Idle sessions kept at most.
@@ -181,13 +195,12 @@ impl Clamd {
     }
 
     /// Streams the chunks from `body` to clamd as they come and returns its
-    /// verdict once `body` closes.
-    pub async fn scan_body(&self, mut body: Body) -> Verdict {
+    /// verdict once `body` ends.
+    pub async fn scan_body(&self, body: &mut Body) -> Verdict {
         let _slot = match self.slots.acquire(|| self.slot_count()).await {
             Ok(s) => s,
             Err(v) => return v,
         };
-        let mut kept = Kept::default();
         loop {
             let (mut conn, reused) = match self.take_idle() {
                 Some(c) => (c, true),
@@ -196,7 +209,7 @@ impl Clamd {
                     Err(v) => return v,
                 },
             };
-            match instream(&mut conn, !reused, &mut body, &mut kept, self.io_timeout).await {
+            match instream(&mut conn, !reused, body, self.io_timeout).await {
                 Attempt::Answered(verdict, reusable) => {
                     if reusable {
                         self.put_idle(conn);
@@ -204,7 +217,7 @@ impl Clamd {
                     return verdict;
                 }
                 // A pooled session clamd dropped just now: replay if we can.
-                Attempt::Unanswered(_) if reused && kept.replayable() => {
+                Attempt::Unanswered(_) if reused && body.rewind() => {
                     tracing::debug!("clamd session at {} was closed; scanning again on a new connection", self.addr);
                 }
                 Attempt::Unanswered(verdict) => return verdict,
@@ -275,7 +288,7 @@ impl Backend for Clamd {
         })
     }
 
-    fn scan<'a>(&'a self, _meta: &'a ScanMeta, body: Body) -> BoxFuture<'a, Verdict> {
+    fn scan<'a>(&'a self, _meta: &'a ScanMeta, body: &'a mut Body) -> BoxFuture<'a, Verdict> {
         Box::pin(self.scan_body(body))
     }
 }
@@ -368,7 +381,7 @@ mod tests {
                         tx.send(Bytes::from_static(part)).await.unwrap();
                     }
                     drop(tx);
-                    clamd.scan_body(rx).await
+                    clamd.scan_body(&mut crate::scan::backend::Body::new(rx)).await
                 }
             };
             assert_eq!(scan(b"first body").await, Verdict::Clean);

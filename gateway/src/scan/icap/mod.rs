@@ -1,13 +1,12 @@
 //! ICAP client (RFC 3507) for antivirus services: c-icap, Kaspersky, ESET,
 //! McAfee, OPSWAT, ….
 //!
-//! One [`IcapClient`] holds the configured services in order of preference.
-//! A scan goes to the first service that is not suspended; while nothing of
-//! the body beyond the preview has been sent, a failing service is left for
-//! the next one. A service that fails `failures_before_suspend` scans in a
-//! row is suspended for `suspend` and then tried again. Scans in flight per
-//! service are bounded by its Max-Connections (and `icap_max_connections`);
-//! more wait in line up to `scan.queue_timeout`.
+//! One [`IcapService`] per configured URL; together they are a pool
+//! ([`super::pool`]): the service with the fewest scans in flight is asked,
+//! a failing one is suspended and another asked while the body can still be
+//! given again. Scans in flight per service are bounded by its
+//! Max-Connections (and `icap_max_connections`); more wait in line up to
+//! `scan.queue_timeout`.
 //!
 //! A 200 answer is a changed message: with an infection report it is
 //! infected; without one it is [`Verdict::Modified`], and the original is
@@ -19,10 +18,7 @@ pub mod wire;
 
 use std::{
     net::IpAddr,
-    sync::{
-        Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -91,10 +87,6 @@ pub struct IcapSettings {
     pub deadline: Duration,
     /// …plus this much per MiB of body.
     pub deadline_per_mib: Duration,
-    /// Consecutive failures that suspend a service.
-    pub failures_before_suspend: u32,
-    /// How long a suspended service is left alone.
-    pub suspend: Duration,
     /// Connections per service at most (lowered by Max-Connections).
     pub max_connections: usize,
     /// How long OPTIONS hold when the service gives no Options-TTL.
@@ -147,48 +139,51 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-struct Service {
+impl Conn {
+    /// Still open with nothing unread: a connection the service closed
+    /// while it was idle shows EOF here.
+    fn is_usable(&self) -> bool {
+        let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        matches!(socket2::SockRef::from(self.stream.get_ref()).peek(&mut b),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// One ICAP service: a member of the scanner pool ([`super::pool`]), which
+/// chooses between services, suspends failing ones and fails over.
+pub struct IcapService {
     url: ServiceUrl,
+    settings: IcapSettings,
     options: Mutex<Option<(ServiceOptions, Instant)>>,
     idle: Mutex<Vec<Conn>>,
     slots: Slots,
-    failures: AtomicU32,
-    suspended_until: Mutex<Option<Instant>>,
 }
 
-/// The ICAP backend.
-pub struct IcapClient {
-    services: Vec<Service>,
-    settings: IcapSettings,
-}
-
-/// How one attempt on one service ended.
-enum Attempt {
-    Done(Verdict),
-    /// The service failed before the body was committed to it.
-    Next(Verdict),
-}
-
-/// The body as it is consumed: the preview is kept so that another service
-/// can be asked after a failure; once a service said 100 Continue (or there
-/// is no preview) the body is committed and no failover is possible.
-struct BodyState {
-    rx: Body,
+/// The body as it goes to one service: the preview taken from it and how
+/// much was sent.
+struct Sending<'a> {
+    body: &'a mut Body,
     preview: Vec<u8>,
     eof: bool,
-    committed: bool,
     sent: u64,
 }
 
-impl BodyState {
+impl Sending<'_> {
     async fn fill_preview(&mut self, want: usize) {
         while self.preview.len() < want && !self.eof {
-            match self.rx.recv().await {
+            match self.body.recv().await {
                 Some(b) => self.preview.extend_from_slice(&b),
                 None => self.eof = true,
             }
         }
     }
+}
+
+/// How an exchange failed: before any answer (a closed pooled connection
+/// may be replaced), or in the answer.
+enum Failed {
+    Unanswered(Verdict),
+    Answered(Verdict),
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> Verdict {
@@ -208,89 +203,61 @@ fn wire_verdict(url: &str, e: WireError) -> Verdict {
     err(ErrorKind::Protocol, format!("ICAP service {url}: {e}"))
 }
 
-impl IcapClient {
-    /// A client for `urls`, in order of preference.
-    pub fn new(urls: &[String], settings: IcapSettings) -> Result<IcapClient, UrlError> {
-        if urls.is_empty() {
-            return Err(UrlError::Empty);
-        }
-        let services = urls
-            .iter()
-            .map(|u| {
-                Ok(Service {
-                    url: ServiceUrl::parse(u)?,
-                    options: Mutex::new(None),
-                    idle: Mutex::new(Vec::new()),
-                    slots: Slots::new(settings.queue_timeout),
-                    failures: AtomicU32::new(0),
-                    suspended_until: Mutex::new(None),
-                })
-            })
-            .collect::<Result<_, UrlError>>()?;
-        Ok(IcapClient { services, settings })
+/// One member per `[scan] icap` URL, with the `icap_*` settings.
+pub fn members(cfg: &crate::scan::settings::Scan) -> Result<Vec<Box<dyn Backend>>, UrlError> {
+    if cfg.icap.is_empty() {
+        return Err(UrlError::Empty);
+    }
+    let settings = IcapSettings {
+        io_timeout: cfg.io_timeout.0,
+        deadline: cfg.icap_deadline.0,
+        deadline_per_mib: cfg.icap_deadline_per_mib.0,
+        max_connections: if cfg.max_scans > 0 {
+            cfg.max_scans.min(cfg.icap_max_connections)
+        } else {
+            cfg.icap_max_connections
+        },
+        default_options_ttl: cfg.icap_options_ttl.0,
+        queue_timeout: cfg.queue_timeout.0,
+    };
+    cfg.icap.iter().map(|u| Ok(Box::new(IcapService::new(u, settings.clone())?) as Box<dyn Backend>)).collect()
+}
+
+impl IcapService {
+    /// A member for the service at `url`.
+    pub fn new(url: &str, settings: IcapSettings) -> Result<IcapService, UrlError> {
+        Ok(IcapService {
+            url: ServiceUrl::parse(url)?,
+            options: Mutex::new(None),
+            idle: Mutex::new(Vec::new()),
+            slots: Slots::new(settings.queue_timeout),
+            settings,
+        })
     }
 
-    /// The configured service URLs.
-    pub fn urls(&self) -> Vec<String> {
-        self.services.iter().map(|s| s.url.url.clone()).collect()
+    /// The service's URL.
+    pub fn url(&self) -> &str {
+        &self.url.url
     }
 
-    /// Fetches OPTIONS of the first reachable service (health check).
-    pub async fn options(&self) -> Result<(String, ServiceOptions), String> {
-        let mut last = String::from("no ICAP service configured");
-        for s in &self.services {
-            match self.service_options(s).await {
-                Ok(o) => return Ok((s.url.url.clone(), o)),
-                Err(v) => last = format!("{v:?}"),
-            }
-        }
-        Err(last)
-    }
-
-    /// Scans the body arriving on `body` and returns the verdict.
-    pub async fn scan_body(&self, req: &IcapRequest, body: Body) -> Verdict {
-        let started = Instant::now();
-        let mut state = BodyState { rx: body, preview: Vec::new(), eof: false, committed: false, sent: 0 };
-        let mut last = err(ErrorKind::Unavailable, "every ICAP service is suspended after repeated failures");
-        for s in &self.services {
-            if s.suspended() {
-                continue;
-            }
-            let attempt = self.attempt(s, req, &mut state, started).await;
-            let (verdict, next) = match attempt {
-                Attempt::Done(v) => (v, false),
-                Attempt::Next(v) => (v, !state.committed),
-            };
-            if matches!(verdict, Verdict::Error { kind, .. } if kind != ErrorKind::Oversize) {
-                s.failed(&self.settings);
-            } else {
-                s.failures.store(0, Ordering::Relaxed);
-            }
-            if !next {
-                return verdict;
-            }
-            tracing::warn!("ICAP failover from {}: {verdict:?}", s.url.url);
-            last = verdict;
-        }
-        last
-    }
-
-    fn deadline(&self, started: Instant, sent: u64) -> Instant {
-        let mib = sent as f64 / (1u64 << 20) as f64;
-        started + self.settings.deadline + self.settings.deadline_per_mib.mul_f64(mib)
-    }
-
-    async fn service_options(&self, s: &Service) -> Result<ServiceOptions, Verdict> {
-        if let Some((o, at)) = s.options.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+    /// The service's OPTIONS, asked again once their TTL ran out.
+    pub async fn options(&self) -> Result<ServiceOptions, Verdict> {
+        if let Some((o, at)) = self.options.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             let ttl = o.ttl.unwrap_or(self.settings.default_options_ttl);
             if at.elapsed() < ttl {
                 return Ok(o.clone());
             }
         }
+        self.fresh_options().await
+    }
+
+    /// Asks the service for its OPTIONS now (health checks: a changed
+    /// ISTag is seen at once).
+    pub async fn fresh_options(&self) -> Result<ServiceOptions, Verdict> {
         let t = self.settings.io_timeout;
-        let mut conn = self.connect(s).await?;
-        let uri = &s.url.url;
-        let head = wire::request_head("OPTIONS", uri, &s.url.host, &[], &Encapsulated::default());
+        let mut conn = self.connect().await?;
+        let uri = self.url.url.as_str();
+        let head = wire::request_head("OPTIONS", uri, &self.url.host, &[], &Encapsulated::default());
         match timeout(t, conn.stream.write_all(&head)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(io_verdict("sending OPTIONS", uri, &e)),
@@ -303,74 +270,150 @@ impl IcapClient {
             return Err(err(ErrorKind::Protocol, format!("ICAP service {uri} answered OPTIONS with {}", head.status)));
         }
         let o = ServiceOptions::from_head(&head);
-        *s.options.lock().unwrap_or_else(|p| p.into_inner()) = Some((o.clone(), Instant::now()));
+        *self.options.lock().unwrap_or_else(|p| p.into_inner()) = Some((o.clone(), Instant::now()));
         if head.get("Connection").is_none_or(|c| !c.eq_ignore_ascii_case("close")) {
-            s.put_back(conn);
+            self.put_back(conn);
         }
         Ok(o)
     }
 
-    async fn connect(&self, s: &Service) -> Result<Conn, Verdict> {
-        if let Some(c) = s.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+    /// Scans the body arriving on `body` and returns the verdict. A pooled
+    /// connection the service closed meanwhile is replaced by a fresh one
+    /// (the body starts over while it can).
+    pub async fn scan_body(&self, req: &IcapRequest, body: &mut Body) -> Verdict {
+        let started = Instant::now();
+        let uri = self.url.url.as_str();
+        let opts = match self.options().await {
+            Ok(o) => o,
+            Err(v) => return v,
+        };
+        if !opts.offers(req.method.name()) {
+            return err(ErrorKind::Protocol, format!("ICAP service {uri} does not offer {}", req.method.name()));
+        }
+        let limit = opts.max_connections.unwrap_or(usize::MAX).min(self.settings.max_connections).max(1);
+        let _slot = match self.slots.acquire(|| async move { limit }).await {
+            Ok(slot) => slot,
+            Err(v) => return v,
+        };
+        let preview = opts.preview_for(&req.name).filter(|_| opts.allow_204);
+        loop {
+            let (mut conn, reused) = match self.take_idle() {
+                Some(c) => (c, true),
+                None => match self.connect().await {
+                    Ok(c) => (c, false),
+                    Err(v) => return v,
+                },
+            };
+            let mut sending = Sending { body: &mut *body, preview: Vec::new(), eof: false, sent: 0 };
+            match self.exchange(&mut conn, req, preview, &mut sending, started).await {
+                Ok((verdict, keep)) => {
+                    if keep {
+                        self.put_back(conn);
+                    }
+                    return verdict;
+                }
+                Err(Failed::Unanswered(_)) if reused && body.rewind() => {
+                    tracing::debug!("ICAP connection to {uri} was closed; scanning again on a new one");
+                }
+                Err(Failed::Unanswered(v) | Failed::Answered(v)) => return v,
+            }
+        }
+    }
+
+    fn deadline(&self, started: Instant, sent: u64) -> Instant {
+        let mib = sent as f64 / (1u64 << 20) as f64;
+        started + self.settings.deadline + self.settings.deadline_per_mib.mul_f64(mib)
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(c) = idle.pop() {
+            if c.is_usable() {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Conn, Verdict> {
+        if let Some(c) = self.take_idle() {
             return Ok(c);
         }
-        match timeout(self.settings.io_timeout, TcpStream::connect(&s.url.authority)).await {
+        match timeout(self.settings.io_timeout, TcpStream::connect(&self.url.authority)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
                 Ok(Conn { stream: BufWriter::with_capacity(64 * 1024, tcp), buf: Vec::new() })
             }
-            Ok(Err(e)) => Err(io_verdict("connecting", &s.url.url, &e)),
-            Err(_) => Err(err(ErrorKind::Timeout, format!("ICAP service {}: connect timed out", s.url.url))),
+            Ok(Err(e)) => Err(io_verdict("connecting", &self.url.url, &e)),
+            Err(_) => Err(err(ErrorKind::Timeout, format!("ICAP service {}: connect timed out", self.url.url))),
         }
     }
 
-    async fn attempt(&self, s: &Service, req: &IcapRequest, body: &mut BodyState, started: Instant) -> Attempt {
-        let uri = s.url.url.as_str();
-        let opts = match self.service_options(s).await {
-            Ok(o) => o,
-            Err(v) => return Attempt::Next(v),
-        };
-        if !opts.offers(req.method.name()) {
-            return Attempt::Next(err(
-                ErrorKind::Protocol,
-                format!("ICAP service {uri} does not offer {}", req.method.name()),
-            ));
-        }
-        let limit = opts.max_connections.unwrap_or(usize::MAX).min(self.settings.max_connections).max(1);
-        let _slot = match s.slots.acquire(|| async move { limit }).await {
-            Ok(slot) => slot,
-            // Busy is not the service's failure: the body waits no longer.
-            Err(v) => return Attempt::Done(v),
-        };
-        let mut conn = match self.connect(s).await {
-            Ok(c) => c,
-            Err(v) => return Attempt::Next(v),
-        };
-        let preview = opts.preview_for(&req.name).filter(|_| opts.allow_204);
-        match self.exchange(&mut conn, s, req, preview, body, started).await {
-            Ok((verdict, keep)) => {
-                if keep {
-                    s.put_back(conn);
-                }
-                Attempt::Done(verdict)
+    fn put_back(&self, conn: Conn) {
+        if conn.buf.is_empty() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < self.settings.max_connections {
+                idle.push(conn);
             }
-            Err(v) => Attempt::Next(v),
         }
     }
 
-    /// One RESPMOD/REQMOD exchange. Errors before the body is committed are
-    /// returned as `Err` (another service may be tried).
+    /// One RESPMOD/REQMOD exchange on `conn`.
     async fn exchange(
         &self,
         conn: &mut Conn,
-        s: &Service,
         req: &IcapRequest,
         preview: Option<usize>,
-        body: &mut BodyState,
+        body: &mut Sending<'_>,
         started: Instant,
-    ) -> Result<(Verdict, bool), Verdict> {
-        let uri = s.url.url.as_str();
+    ) -> Result<(Verdict, bool), Failed> {
+        let uri = self.url.url.as_str();
         let t = self.settings.io_timeout;
+        let mut out = self.request_head(req, preview);
+        let unanswered = Failed::Unanswered;
+        if let Some(p) = preview {
+            body.fill_preview(p).await;
+            let n = body.preview.len().min(p);
+            crate::wire::push_chunk(&mut out, &body.preview[..n]);
+            let ieof = body.eof && body.preview.len() <= p;
+            out.extend_from_slice(wire::last_chunk(ieof));
+            self.write(conn, &out, started, body.sent).await.map_err(unanswered)?;
+            let limit = self.deadline(started, body.sent).min(Instant::now() + t);
+            let head = read_head(conn, limit, uri).await.map_err(unanswered)?;
+            match head.status {
+                100 if !ieof => {
+                    let rest = body.preview.split_off(n);
+                    let mut chunk = Vec::with_capacity(rest.len() + 16);
+                    crate::wire::push_chunk(&mut chunk, &rest);
+                    body.sent += rest.len() as u64;
+                    self.write(conn, &chunk, started, body.sent).await.map_err(unanswered)?;
+                }
+                100 => return Err(Failed::Answered(wire_verdict(uri, WireError("100 Continue after ieof".into())))),
+                _ => return self.answer(conn, head, req.method, started, body.sent).await.map_err(Failed::Answered),
+            }
+        } else {
+            self.write(conn, &out, started, body.sent).await.map_err(unanswered)?;
+        }
+        // Stream the rest as it arrives.
+        let mut frame = Vec::with_capacity(16);
+        while let Some(chunk) = body.body.recv().await {
+            if chunk.is_empty() {
+                continue;
+            }
+            frame.clear();
+            crate::wire::push_chunk_header(&mut frame, chunk.len() as u64);
+            body.sent += chunk.len() as u64;
+            self.write(conn, &frame, started, body.sent).await.map_err(unanswered)?;
+            self.write(conn, &chunk, started, body.sent).await.map_err(unanswered)?;
+            self.write(conn, b"\r\n", started, body.sent).await.map_err(unanswered)?;
+        }
+        body.eof = true;
+        self.write(conn, wire::last_chunk(false), started, body.sent).await.map_err(unanswered)?;
+        let head = read_head(conn, self.deadline(started, body.sent), uri).await.map_err(unanswered)?;
+        self.answer(conn, head, req.method, started, body.sent).await.map_err(Failed::Answered)
+    }
+
+    fn request_head(&self, req: &IcapRequest, preview: Option<usize>) -> Vec<u8> {
         let mut headers: Vec<(&str, String)> = vec![("Allow", "204".into())];
         if let Some(p) = preview {
             headers.push(("Preview", p.to_string()));
@@ -386,62 +429,11 @@ impl IcapClient {
             },
             body: true,
         };
-        let mut out = wire::request_head(req.method.name(), uri, &s.url.host, &headers, &enc);
-
-        if let Some(p) = preview {
-            body.fill_preview(p).await;
-            let n = body.preview.len().min(p);
-            crate::wire::push_chunk(&mut out, &body.preview[..n]);
-            let ieof = body.eof && body.preview.len() <= p;
-            out.extend_from_slice(wire::last_chunk(ieof));
-            self.write(conn, &out, uri, started, body.sent).await?;
-            let head = read_head(conn, self.deadline(started, body.sent).min(Instant::now() + t), uri).await?;
-            match head.status {
-                100 if !ieof => {
-                    body.committed = true;
-                    let rest = body.preview.split_off(n);
-                    let mut chunk = Vec::with_capacity(rest.len() + 16);
-                    crate::wire::push_chunk(&mut chunk, &rest);
-                    body.sent += rest.len() as u64;
-                    self.write(conn, &chunk, uri, started, body.sent).await?;
-                }
-                100 => {
-                    return Err(wire_verdict(uri, WireError("100 Continue after ieof".into())));
-                }
-                _ => {
-                    return self.answer(conn, uri, head, req.method, started, body.sent).await;
-                }
-            }
-        } else {
-            // No preview: everything goes now, including what an earlier
-            // service's preview already took from the channel.
-            body.committed = true;
-            let held = std::mem::take(&mut body.preview);
-            crate::wire::push_chunk(&mut out, &held);
-            body.sent += held.len() as u64;
-            self.write(conn, &out, uri, started, body.sent).await?;
-        }
-
-        // Stream the rest as it arrives.
-        let mut frame = Vec::with_capacity(16);
-        while let Some(chunk) = body.rx.recv().await {
-            if chunk.is_empty() {
-                continue;
-            }
-            frame.clear();
-            crate::wire::push_chunk_header(&mut frame, chunk.len() as u64);
-            body.sent += chunk.len() as u64;
-            self.write(conn, &frame, uri, started, body.sent).await?;
-            self.write(conn, &chunk, uri, started, body.sent).await?;
-            self.write(conn, b"\r\n", uri, started, body.sent).await?;
-        }
-        body.eof = true;
-        self.write(conn, wire::last_chunk(false), uri, started, body.sent).await?;
-        let head = read_head(conn, self.deadline(started, body.sent), uri).await?;
-        self.answer(conn, uri, head, req.method, started, body.sent).await
+        wire::request_head(req.method.name(), &self.url.url, &self.url.host, &headers, &enc)
     }
 
-    async fn write(&self, conn: &mut Conn, data: &[u8], uri: &str, started: Instant, sent: u64) -> Result<(), Verdict> {
+    async fn write(&self, conn: &mut Conn, data: &[u8], started: Instant, sent: u64) -> Result<(), Verdict> {
+        let uri = self.url.url.as_str();
         let limit = self.deadline(started, sent).min(Instant::now() + self.settings.io_timeout);
         // Buffered: small frames coalesce, large chunks pass straight
         // through; read_head flushes before waiting for an answer.
@@ -458,12 +450,12 @@ impl IcapClient {
     async fn answer(
         &self,
         conn: &mut Conn,
-        uri: &str,
         head: ResponseHead,
         method: Method,
         started: Instant,
         sent: u64,
     ) -> Result<(Verdict, bool), Verdict> {
+        let uri = self.url.url.as_str();
         let keep = head.get("Connection").is_none_or(|c| !c.eq_ignore_ascii_case("close"));
         match head.status {
             204 => Ok((Verdict::Clean, keep)),
@@ -507,37 +499,6 @@ impl IcapClient {
                 if code >= 500 { ErrorKind::Unavailable } else { ErrorKind::Protocol },
                 format!("ICAP service {uri} answered {code}"),
             )),
-        }
-    }
-}
-
-impl Service {
-    fn suspended(&self) -> bool {
-        let mut until = self.suspended_until.lock().unwrap_or_else(|p| p.into_inner());
-        match *until {
-            Some(t) if Instant::now() < t => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn failed(&self, settings: &IcapSettings) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= settings.failures_before_suspend {
-            self.failures.store(0, Ordering::Relaxed);
-            *self.suspended_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + settings.suspend);
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            *self.options.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            tracing::warn!("ICAP service {} suspended for {:?} after {n} failures", self.url.url, settings.suspend);
-        }
-    }
-
-    fn put_back(&self, conn: Conn) {
-        if conn.buf.is_empty() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         }
     }
 }
@@ -633,19 +594,19 @@ impl IcapRequest {
     }
 }
 
-impl Backend for IcapClient {
+impl Backend for IcapService {
     fn describe(&self) -> String {
-        format!("ICAP {}", self.urls().join(", "))
+        format!("ICAP {}", self.url.url)
     }
 
     fn health(&self) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async {
-            let (url, o) = self.options().await?;
-            Ok(format!("{url} ISTag {}", o.istag.unwrap_or_default()))
+            let o = self.fresh_options().await.map_err(|v| format!("{v:?}"))?;
+            Ok(format!("ISTag {}", o.istag.unwrap_or_default()))
         })
     }
 
-    fn scan<'a>(&'a self, meta: &'a ScanMeta, body: Body) -> BoxFuture<'a, Verdict> {
+    fn scan<'a>(&'a self, meta: &'a ScanMeta, body: &'a mut Body) -> BoxFuture<'a, Verdict> {
         Box::pin(async move { self.scan_body(&IcapRequest::for_body(meta), body).await })
     }
 }

@@ -1,0 +1,156 @@
+//! The antivirus API server: Cloudmersive's virus-scan API
+//! (`POST /virus/scan/file` and `/virus/scan/file/advanced`, a multipart
+//! form with the file as `inputFile`, the key in `Apikey`) answered by the
+//! scanning core, so that applications and edge gateways (`backend =
+//! "api"`) can use a farm of scan servers like the cloud service.
+//!
+//! HTTP/1.1 with keep-alive, plain or over TLS; heads read with httparse;
+//! bodies with Content-Length or chunked, streamed through the form reader
+//! into the scan without being held. Answers: 200 with the JSON result,
+//! 400 (malformed), 401 (key), 404, 405, 408, 411, 413, 415, 431, 503 (a
+//! full server, or a scanner that could not answer: the caller's own
+//! policy decides then).
+
+mod conn;
+pub mod multipart;
+pub mod settings;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use self::settings::ApiServer as Settings;
+use super::{Counters, Gate, Snapshot};
+use crate::scan::Scanner;
+
+/// The API server: settings, key, TLS, the scanning core, counters.
+pub struct Server {
+    cfg: Settings,
+    key: Option<String>,
+    tls: Option<TlsAcceptor>,
+    scanner: Arc<Scanner>,
+    gate: Gate,
+    counters: Counters,
+}
+
+impl Server {
+    /// A server for `[api_server]` on `scanner`: reads the key file and
+    /// the certificate now, so that a broken one stops the start.
+    pub fn new(cfg: &Settings, scanner: Arc<Scanner>) -> anyhow::Result<Server> {
+        let key = if cfg.key_file.as_os_str().is_empty() {
+            None
+        } else {
+            let k = std::fs::read_to_string(&cfg.key_file)
+                .with_context(|| format!("reading api_server.key_file {}", cfg.key_file.display()))?;
+            Some(k.trim().to_string()).filter(|k| !k.is_empty())
+        };
+        let tls = if cfg.tls_cert.as_os_str().is_empty() { None } else { Some(acceptor(cfg)?) };
+        Ok(Server {
+            cfg: cfg.clone(),
+            key,
+            tls,
+            scanner,
+            gate: Gate::new(cfg.max_connections, "API server"),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let c = &self.counters;
+        Snapshot {
+            listen: self.cfg.listen.clone(),
+            connections: r(&c.connections),
+            active: self.gate.active(),
+            refused: r(&c.refused),
+            requests: r(&c.requests),
+            clean: r(&c.clean),
+            infected: r(&c.infected),
+            blocked: r(&c.blocked),
+            errors: r(&c.errors),
+        }
+    }
+}
+
+/// The TLS side: certificate chain and key from PEM files.
+fn acceptor(cfg: &Settings) -> anyhow::Result<TlsAcceptor> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.tls_cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .with_context(|| format!("reading api_server.tls_cert {}", cfg.tls_cert.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "api_server.tls_cert {} holds no certificate", cfg.tls_cert.display());
+    let key = PrivateKeyDer::from_pem_file(&cfg.tls_key)
+        .with_context(|| format!("reading api_server.tls_key {}", cfg.tls_key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("api_server.tls_cert and tls_key do not make a usable certificate")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves API connections on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("API server: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        Counters::bump(&server.counters.connections);
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let Some(permit) = server.gate.admit() else {
+            Counters::bump(&server.counters.refused);
+            tokio::spawn(async move { refuse(stream, &server).await });
+            continue;
+        };
+        tokio::spawn(async move {
+            handle(stream, peer, &server).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(stream: TcpStream, peer: std::net::SocketAddr, server: &Server) {
+    match &server.tls {
+        None => conn::Conn::new(stream, peer, server).run().await,
+        Some(tls) => {
+            let wait = server.cfg.io_timeout.0;
+            match tokio::time::timeout(wait, tls.accept(stream)).await {
+                Ok(Ok(s)) => conn::Conn::new(s, peer, server).run().await,
+                Ok(Err(e)) => tracing::info!("API client {peer}: TLS handshake failed: {e}"),
+                Err(_) => tracing::info!("API client {peer}: TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+/// A full server: 503 (over TLS too, when configured) and close.
+async fn refuse(stream: TcpStream, server: &Server) {
+    let out = conn::json_response(503, "Service Unavailable", &conn::error_json("too many connections"), true);
+    let wait = std::time::Duration::from_secs(5);
+    let _ = tokio::time::timeout(wait, async {
+        use tokio::io::AsyncWriteExt as _;
+        match &server.tls {
+            None => {
+                let mut s = stream;
+                s.write_all(&out).await
+            }
+            Some(tls) => {
+                let mut s = tls.accept(stream).await?;
+                s.write_all(&out).await?;
+                s.shutdown().await
+            }
+        }
+    })
+    .await;
+}
