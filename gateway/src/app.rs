@@ -38,6 +38,7 @@ use crate::{
         ftp::FtpContext,
         http::{HttpContext, page::BlockPage},
         limits::Caps,
+        tls::TlsContext,
     },
     reload,
     scan::Scanner,
@@ -186,7 +187,11 @@ fn proxy_context(config: &Config, shared: &Shared, steering: &Steering, keep: Op
         waiters: keep.map(|old| old.ftp.waiters.clone()).unwrap_or_default(),
     };
     let http = HttpContext { cfg: config.http.clone(), shared: shared.clone(), page };
-    Ok(Proxy { config: p.clone(), shared: shared.clone(), caps, http, ftp })
+    let tls = match config.tls.intercept {
+        true => Some(Arc::new(TlsContext::new(&config.tls).context("setting up TLS interception")?)),
+        false => None,
+    };
+    Ok(Proxy { config: p.clone(), shared: shared.clone(), caps, http, ftp, tls })
 }
 
 /// Accept loops: the ones that stop first when draining, and the FTP data
@@ -200,11 +205,15 @@ struct Listeners {
 fn listen(config: &Config, steering: &mut Steering, current: &Arc<Current>) -> anyhow::Result<Listeners> {
     let p = &config.proxy;
     let mut l = Listeners { accepting: JoinSet::new(), data: JoinSet::new() };
-    for (kind, port) in [
+    let mut kinds = vec![
         (Kind::Http, p.http_listener_port),
         (Kind::FtpControl, p.ftp_listener_port),
         (Kind::FtpData, p.ftp_data_listener_port),
-    ] {
+    ];
+    if config.tls.intercept {
+        kinds.push((Kind::Tls, p.tls_listener_port));
+    }
+    for (kind, port) in kinds {
         let families: &[bool] = if p.ipv6 { &[false, true] } else { &[false] };
         for &v6 in families {
             let listener = proxy::listener::transparent(port, v6)

@@ -62,12 +62,25 @@ pub struct Subject {
     /// ETag and Last-Modified (`etag|last-modified`), empty when none: the
     /// URL cache only trusts objects that can be told apart by them.
     pub validators: String,
+    /// The server name of an intercepted TLS flow.
+    pub sni: Option<String>,
+    /// The subject of that flow's server certificate.
+    pub upstream_certificate: Option<String>,
 }
 
 impl Subject {
     /// A subject with a fresh id and no validators.
     pub fn new(kind: TransferKind, client: SocketAddr, server: SocketAddr, object: String) -> Subject {
-        Subject { id: detections::new_id(), kind, client, server, object, validators: String::new() }
+        Subject {
+            id: detections::new_id(),
+            kind,
+            client,
+            server,
+            object,
+            validators: String::new(),
+            sni: None,
+            upstream_certificate: None,
+        }
     }
 }
 
@@ -196,6 +209,8 @@ fn record(s: &Subject, o: &Outcome, reason: &str, delivered: u64) -> Record {
         engine,
         bytes: o.bytes,
         delivered_before_verdict: delivered,
+        sni: s.sni.clone(),
+        upstream_certificate: s.upstream_certificate.clone(),
     }
 }
 

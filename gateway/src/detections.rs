@@ -36,6 +36,12 @@ pub struct Record {
     pub bytes: u64,
     /// Bytes that reached the receiver before the verdict (trickling).
     pub delivered_before_verdict: u64,
+    /// The server name of an intercepted TLS flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// The subject of that flow's server certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_certificate: Option<String>,
 }
 
 impl Detections {

@@ -96,6 +96,36 @@ enum Command {
         #[arg(long, default_value = "/run/gateway/control.sock")]
         socket: PathBuf,
     },
+    /// The CA for TLS interception (`[tls]`).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Write a fresh CA certificate (DIR/ca.pem, for the clients) and key
+    /// (DIR/ca.key, mode 0600); existing files are never overwritten.
+    New {
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Internal (benchmarks): time minting leaves from a CA, cold and from
+    /// the cache; prints one JSON line.
+    #[command(hide = true)]
+    Bench {
+        /// CA certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// CA key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Distinct names to mint.
+        #[arg(long, default_value_t = 1000)]
+        names: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -126,6 +156,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Scan { config, clamd, icap, timings, paths } => scan(config, clamd, icap, timings, paths),
+        Command::Ca { action } => ca(action),
         Command::Stats { socket } => ask(&socket, "stats"),
         Command::Serve { config } => serve(&config),
         Command::Expect { op, client, server, port, socket } => {
@@ -231,6 +262,24 @@ fn detach(path: &std::path::Path) -> ExitCode {
     match rt.block_on(gateway::app::detach(&config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &format!("{e:#}")),
+    }
+}
+
+/// `gateway ca …`: exit 2 with one sentence when the files are unusable.
+fn ca(action: CaAction) -> ExitCode {
+    use gateway::proxy::tls::mint;
+    let said = match action {
+        CaAction::New { out } => mint::Ca::create(&out).map_err(anyhow::Error::from).map(|(cert, key)| {
+            format!("CA certificate {} (push it to the clients), key {} (keep it here)", cert.display(), key.display())
+        }),
+        CaAction::Bench { cert, key, names } => mint::bench(&cert, &key, names).map_err(anyhow::Error::from),
+    };
+    match said {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(2, &e),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod ftpd;
 pub mod gateway;
 pub mod nginx;
 pub mod rig;
+pub mod tls;
 pub mod tun;
 pub mod util;
 pub mod web;

@@ -32,6 +32,11 @@ impl Nginx {
     /// Starts nginx in `ns` (the gateway's own namespace: a service of the
     /// firewall host itself).
     pub fn start_in(rig: &mut Rig, ns: Ns, ports: &[u16], workers: u32) -> anyhow::Result<Nginx> {
+        Nginx::start_with(rig, ns, ports, workers, "")
+    }
+
+    /// Starts nginx in `ns` with more `server` blocks (TLS servers).
+    pub fn start_with(rig: &mut Rig, ns: Ns, ports: &[u16], workers: u32, servers: &str) -> anyhow::Result<Nginx> {
         let dir = rig.dir().join(if ns == Ns::Server { "nginx".to_string() } else { format!("nginx-{ns:?}") });
         let www = dir.join("www");
         let uploads = www.join("upload");
@@ -67,7 +72,7 @@ http {{
     location /upload/ {{ dav_methods PUT; create_full_put_path on; }}
     location = /sink {{ return 204; }}
   }}
-}}
+{servers}}}
 "#,
             dir = dir.display(),
             log = access_log.display(),

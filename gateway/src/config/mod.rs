@@ -19,6 +19,7 @@ pub use crate::{
         ftp::settings::Ftp,
         http::settings::{Http, Passage},
         settings::Proxy,
+        tls::settings::{Ech, SpliceOrBlock, Tls},
     },
     scan::settings::{Scan, ScanBackend},
     serve::{api::settings::ApiServer, icap::settings::IcapServer},
@@ -75,6 +76,8 @@ pub struct Config {
     pub http: Http,
     /// The FTP gateway.
     pub ftp: Ftp,
+    /// TLS interception (off by default).
+    pub tls: Tls,
     /// Logging.
     pub log: Log,
     /// The Prometheus endpoint.
@@ -139,8 +142,34 @@ impl Config {
     }
 
     fn parse_unchecked(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: describe_toml_error(text, &e) })
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: describe_toml_error(text, &e) })?;
+        config.assemble_tls();
+        Ok(config)
+    }
+
+    /// `[tls]` decides two steering settings: which ports go to the TLS
+    /// listener, and which UDP ports XDP drops (QUIC), both only while
+    /// interception is on.
+    fn assemble_tls(&mut self) {
+        let on = self.tls.intercept;
+        self.steering.tls_ports = if on { self.tls.ports.clone() } else { Vec::new() };
+        self.steering.drop_udp_ports = if on && self.tls.block_quic { self.tls.ports.clone() } else { Vec::new() };
+    }
+
+    /// `[tls]` against the other sections: its listener port and its ports.
+    fn validate_tls(&self) -> Result<(), String> {
+        self.tls.validate()?;
+        let p = &self.proxy;
+        let others = [0, p.http_listener_port, p.ftp_listener_port, p.ftp_data_listener_port];
+        if self.tls.intercept && others.contains(&p.tls_listener_port) {
+            return Err("proxy.tls_listener_port must be non-zero and differ from the other listener ports".into());
+        }
+        let s = &self.steering;
+        if let Some(port) = s.tls_ports.iter().find(|p| s.http_ports.contains(p) || s.ftp_ports.contains(p)) {
+            return Err(format!("port {port} is both in tls.ports and steering.http_ports or ftp_ports"));
+        }
+        Ok(())
     }
 
     /// Checks what serde cannot, section by section.
@@ -152,7 +181,8 @@ impl Config {
         self.api_server.validate()?;
         self.http.validate()?;
         self.metrics.validate()?;
-        self.ftp.validate()
+        self.ftp.validate()?;
+        self.validate_tls()
     }
 }
 

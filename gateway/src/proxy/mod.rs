@@ -14,6 +14,7 @@ pub mod limits;
 pub mod listener;
 pub mod relay;
 pub mod settings;
+pub mod tls;
 
 use std::{
     net::SocketAddr,
@@ -44,6 +45,8 @@ pub enum Kind {
     FtpControl,
     /// Expected FTP data connection.
     FtpData,
+    /// Steered TLS port (interception, `[tls]`).
+    Tls,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             Kind::Http => "http",
             Kind::FtpControl => "ftp",
             Kind::FtpData => "ftp-data",
+            Kind::Tls => "tls",
         }
     }
 
@@ -63,6 +67,7 @@ impl Kind {
             Kind::Http => listener::HTTP,
             Kind::FtpControl => listener::FTP_CONTROL,
             Kind::FtpData => listener::FTP_DATA,
+            Kind::Tls => listener::TLS,
         }
     }
 }
@@ -91,6 +96,8 @@ pub struct Proxy {
     pub http: http::HttpContext,
     /// The FTP gateway.
     pub ftp: ftp::FtpContext,
+    /// TLS interception, when `[tls] intercept` is on.
+    pub tls: Option<Arc<tls::TlsContext>>,
 }
 
 /// The proxy's settings and shared set as they are now: a reload swaps
@@ -131,7 +138,7 @@ fn refuse(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy, refusal:
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 5\r\n\r\n"
         }
         Kind::FtpControl => b"421 Too many connections; try again later.\r\n",
-        Kind::FtpData => b"",
+        Kind::FtpData | Kind::Tls => b"",
     };
     // Best effort and non-blocking: a fresh socket's buffer takes it.
     if answer.is_empty() || client.try_write(answer).is_err() {
@@ -162,6 +169,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy) {
     }
     let counts = Counts::default();
     let end = match kind {
+        Kind::Tls => tls::serve(client, peer, dst, ctx, &counts).await,
         Kind::Http if ctx.http.cfg.scan_downloads || ctx.http.cfg.scan_uploads => {
             http::serve(Box::new(client), peer, dst, &ctx.http, &counts).await
         }

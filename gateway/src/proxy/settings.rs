@@ -17,6 +17,9 @@ pub struct Proxy {
     pub ftp_listener_port: u16,
     /// Loopback port of the FTP data listener.
     pub ftp_data_listener_port: u16,
+    /// Loopback port of the TLS interception listener (opened only with
+    /// `[tls] intercept`).
+    pub tls_listener_port: u16,
     /// Also listen on IPv6 (`[::1]`) and steer IPv6 flows; when false,
     /// IPv6 SYNs to steered ports are dropped, never forwarded unscanned.
     pub ipv6: bool,
@@ -43,6 +46,7 @@ impl Default for Proxy {
             http_listener_port: 15080,
             ftp_listener_port: 15021,
             ftp_data_listener_port: 15020,
+            tls_listener_port: 15443,
             ipv6: true,
             connect_timeout: Span(std::time::Duration::from_secs(10)),
             relay_pipe_size: 1 << 20,

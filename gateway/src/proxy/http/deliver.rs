@@ -61,6 +61,8 @@ impl Flow<'_> {
             server: self.dst,
             object: req.url.clone(),
             validators: String::new(),
+            sni: self.secure.as_ref().map(|s| s.sni.clone()),
+            upstream_certificate: self.secure.as_ref().map(|s| s.upstream_subject.clone()),
         }
     }
 

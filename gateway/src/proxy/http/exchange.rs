@@ -20,7 +20,7 @@ use crate::{
     detections,
     net::reset_on_close,
     proxy::relay::{self, Counts},
-    transport::Transport,
+    transport::{Secure, Transport},
 };
 
 /// What follows an exchange.
@@ -74,6 +74,8 @@ pub(super) struct Flow<'a> {
     pub answered: bool,
     /// Method and URL of the current request, for the log line of a failure.
     current: Option<(String, String, String)>,
+    /// Set when both sides are intercepted TLS streams.
+    pub secure: Option<Secure>,
 }
 
 impl<'a> Flow<'a> {
@@ -84,7 +86,39 @@ impl<'a> Flow<'a> {
         dst: SocketAddr,
         counts: &'a Counts,
     ) -> Flow<'a> {
-        Flow { hx, client: Conn::new(client), upstream: None, peer, dst, counts, answered: false, current: None }
+        Flow {
+            hx,
+            client: Conn::new(client),
+            upstream: None,
+            peer,
+            dst,
+            counts,
+            answered: false,
+            current: None,
+            secure: None,
+        }
+    }
+
+    /// The flow of an intercepted TLS connection: its server connection is
+    /// already made (and checked).
+    pub fn intercepted(mut self, upstream: Box<dyn Transport>, secure: Secure) -> Flow<'a> {
+        self.upstream = Some(Conn::new(upstream));
+        self.secure = Some(secure);
+        self
+    }
+
+    /// Ends a TLS flow cleanly (close_notify) after its last exchange; a
+    /// cleartext one needs nothing.
+    pub async fn close_notify(&mut self) {
+        if self.secure.is_some() {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.client.io.shutdown()).await;
+        }
+    }
+
+    /// ` tls=NAME` for the log lines of an intercepted flow.
+    fn tls_mark(&self) -> String {
+        self.secure.as_ref().map_or_else(String::new, |s| format!(" tls={}", s.sni))
     }
 
     pub fn limits(&self) -> Limits {
@@ -151,7 +185,10 @@ impl<'a> Flow<'a> {
             head.remove("range");
             head.remove("if-range");
         }
-        let url = head.url(&self.dst.to_string());
+        let mut url = head.url(&self.dst.to_string());
+        if let (Some(_), Some(rest)) = (&self.secure, url.strip_prefix("http://")) {
+            url = format!("https://{rest}");
+        }
         let keep = head.keep_alive();
         Ok(Some(Request { head, raw, framing, url, id: detections::new_id(), keep, upgrade }))
     }
@@ -192,11 +229,16 @@ impl<'a> Flow<'a> {
     }
 
     fn log_failure(&self, status: u16, e: &HttpError) {
+        if self.current.is_some() || status != 0 {
+            // A request that got an answer, or none (0); not an idle close.
+            crate::metrics::events().http_answered(status);
+        }
         match &self.current {
             Some((id, method, url)) => info!(
                 target: "http",
-                "id={id} client={} method={method} url={url} status={status} bytes=0 verdict=- scan=- failed: {e}",
-                self.peer
+                "id={id} client={} method={method} url={url} status={status} bytes=0 verdict=- scan=-{} failed: {e}",
+                self.peer,
+                self.tls_mark()
             ),
             None if status != 0 => {
                 info!(target: "http", "client={} dst={} status={status} refused: {e}", self.peer, self.dst)
@@ -207,11 +249,19 @@ impl<'a> Flow<'a> {
 
     /// The request's log line.
     pub fn log(&self, req: &Request, l: Line) {
+        crate::metrics::events().http_answered(l.status);
         let scan = l.scan_ms.map_or("-".to_string(), |m| format!("{m:.1}ms"));
         info!(
             target: "http",
-            "id={} client={} method={} url={} status={} bytes={} verdict={} scan={scan}",
-            req.id, self.peer, req.head.method, req.url, l.status, l.bytes, l.verdict
+            "id={} client={} method={} url={} status={} bytes={} verdict={} scan={scan}{}",
+            req.id,
+            self.peer,
+            req.head.method,
+            req.url,
+            l.status,
+            l.bytes,
+            l.verdict,
+            self.tls_mark()
         );
     }
 
@@ -226,8 +276,13 @@ impl<'a> Flow<'a> {
     /// or the previous answer closed it).
     pub async fn upstream(&mut self) -> Result<&mut Conn, HttpError> {
         if self.upstream.is_none() {
-            let s = self.hx.shared.dialer.connect(self.dst).await.map_err(|e| HttpError::at(Stage::Connect, e))?;
-            self.upstream = Some(Conn::new(Box::new(s)));
+            let io: Box<dyn Transport> = match &self.secure {
+                None => Box::new(
+                    self.hx.shared.dialer.connect(self.dst).await.map_err(|e| HttpError::at(Stage::Connect, e))?,
+                ),
+                Some(s) => s.redial.redial(self.dst).await.map_err(|e| HttpError::at(Stage::Connect, e))?,
+            };
+            self.upstream = Some(Conn::new(io));
         }
         self.upstream.as_mut().ok_or_else(|| HttpError::at(Stage::Connect, Cause::Closed))
     }

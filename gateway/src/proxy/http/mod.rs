@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use self::settings::Http;
 use self::{exchange::Flow, page::BlockPage};
 use super::{Shared, relay::Counts};
-use crate::transport::Transport;
+use crate::transport::{Secure, Transport};
 
 /// What the HTTP proxy needs besides the connection.
 pub struct HttpContext {
@@ -53,11 +53,33 @@ pub async fn serve(
     // Heads and bodies go out as separate writes; with Nagle on, the peer's
     // delayed ACK turns each small response into a 40 ms wait.
     let _ = client.tcp().set_nodelay(true);
-    let mut flow = Flow::new(hx, client, peer, dst, counts);
+    run(Flow::new(hx, client, peer, dst, counts)).await
+}
+
+/// Serves HTTP inside an intercepted TLS flow: the same exchanges as
+/// [`serve`], over the client's and the server's TLS streams. A server
+/// connection that closes is reopened through `secure.redial`.
+pub async fn serve_tls(
+    client: Box<dyn Transport>,
+    upstream: Box<dyn Transport>,
+    secure: Secure,
+    peer: SocketAddr,
+    dst: SocketAddr,
+    hx: &HttpContext,
+    counts: &Counts,
+) -> String {
+    let _ = client.tcp().set_nodelay(true);
+    run(Flow::new(hx, client, peer, dst, counts).intercepted(upstream, secure)).await
+}
+
+async fn run(mut flow: Flow<'_>) -> String {
     loop {
         match flow.exchange().await {
             Ok(exchange::Next::KeepAlive) => continue,
-            Ok(exchange::Next::Close(end)) => return end,
+            Ok(exchange::Next::Close(end)) => {
+                flow.close_notify().await;
+                return end;
+            }
             Err(e) => return flow.fail(e).await,
         }
     }
