@@ -14,6 +14,8 @@ pub mod nginx;
 pub mod rig;
 pub mod tls;
 pub mod tun;
+pub mod serve;
+pub mod squid;
 pub mod util;
 pub mod web;
 
