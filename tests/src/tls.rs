@@ -115,15 +115,23 @@ pub struct TlsEnv {
 }
 
 impl TlsEnv {
-    /// Builds the rig; `tls` are extra `[tls]` lines.
+    /// Builds the rig and starts the gateway; `tls` are extra `[tls]` lines.
     pub fn start(tag: &str, tls: &str) -> anyhow::Result<TlsEnv> {
+        let mut env = TlsEnv::prepare(tag, 0)?;
+        env.restart(tls)?;
+        Ok(env)
+    }
+
+    /// Builds the rig without a gateway (nginx with `workers`, 0 for one
+    /// process), for benchmarks that measure without it first.
+    pub fn prepare(tag: &str, workers: u32) -> anyhow::Result<TlsEnv> {
         let mut rig = Rig::new(tag)?;
         let pki = rig.dir().join("pki");
         std::fs::create_dir_all(&pki)?;
         run_ok(std::process::Command::new(PYTHON).args(["-c", PKI]).arg(&pki).arg(SERVER_V4))
             .context("making the test PKI (python3-cryptography)")?;
         let www = rig.dir().join("nginx/www");
-        let nginx = Nginx::start_with(&mut rig, Ns::Server, &[80], 0, &servers(&pki, &www))?;
+        let nginx = Nginx::start_with(&mut rig, Ns::Server, &[80], workers, &servers(&pki, &www))?;
         std::fs::write(nginx.www.join("eicar.com"), eicar())?;
         eicar_zip(&nginx.www.join("eicar.zip"), "a/eicar.com")?;
         std::fs::create_dir_all(nginx.www.join("gz"))?;
@@ -132,9 +140,7 @@ impl TlsEnv {
         let ca_dir = rig.dir().join("gateway-ca");
         let out = run_ok(std::process::Command::new(binary()?).args(["ca", "new", "--out"]).arg(&ca_dir))?;
         ensure!(ca_dir.join("ca.key").exists(), "gateway ca new wrote no key: {}", output_text(&out));
-        let mut env = TlsEnv { rig, nginx, clamd, gw: None, pki, gw_ca: ca_dir.join("ca.pem") };
-        env.restart(tls)?;
-        Ok(env)
+        Ok(TlsEnv { rig, nginx, clamd, gw: None, pki, gw_ca: ca_dir.join("ca.pem") })
     }
 
     /// The gateway's configuration with `tls` as extra `[tls]` lines.
@@ -153,11 +159,17 @@ impl TlsEnv {
 
     /// (Re)starts the gateway with extra `[tls]` lines.
     pub fn restart(&mut self, tls: &str) -> anyhow::Result<()> {
+        self.stop()?;
+        let text = self.config(tls);
+        self.gw = Some(Gateway::start_with(&mut self.rig, &text)?);
+        Ok(())
+    }
+
+    /// Stops the gateway, if one runs.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(gw) = self.gw.take() {
             gw.stop(&mut self.rig, libc::SIGTERM)?;
         }
-        let text = self.config(tls);
-        self.gw = Some(Gateway::start_with(&mut self.rig, &text)?);
         Ok(())
     }
 

@@ -27,11 +27,17 @@ pub fn cpu_of(pid: u32) -> f64 {
 
 /// CPU seconds of every c-icap process (the bench runs alone).
 pub fn cpu_of_cicap() -> f64 {
+    cpu_of_comm("c-icap")
+}
+
+/// CPU seconds of every process whose command name is `comm` (as
+/// /proc/PID/comm shows it: at most 15 characters).
+pub fn cpu_of_comm(comm: &str) -> f64 {
     let mut total = 0.0;
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             if let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>()
-                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "c-icap")
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
             {
                 total += cpu_of(pid);
             }

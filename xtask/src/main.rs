@@ -10,6 +10,7 @@ mod bench;
 mod bench_ftp;
 mod bench_http;
 mod bench_scan;
+mod bench_tls;
 mod build;
 mod demo;
 mod fuzz;
@@ -41,9 +42,10 @@ enum Command {
     Bench {
         /// What to measure: `relay` (steering + relay vs direct forwarding),
         /// `scan` (the scanning core vs clamd's own rate and c-icap-client),
-        /// `http` (vs direct and Squid + c-icap) or `ftp` (vs direct, clamd,
-        /// and with `--squid` Squid's FTP relay + c-icap).
-        #[arg(value_parser = ["relay", "scan", "http", "ftp"])]
+        /// `http` (vs direct and Squid + c-icap), `ftp` (vs direct, clamd,
+        /// and with `--squid` Squid's FTP relay + c-icap) or `tls` (TLS
+        /// interception vs direct TLS and, with `--squid`, Squid ssl-bump).
+        #[arg(value_parser = ["relay", "scan", "http", "ftp", "tls"])]
         what: String,
         /// Transfer size in MiB for the bulk figures.
         #[arg(long, default_value_t = 1024)]
@@ -51,7 +53,7 @@ enum Command {
         /// Seconds per request-rate run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
-        /// `http`, `ftp`: also measure Squid 6.13 + c-icap (debootstraps Debian 13
+        /// `http`, `ftp`, `tls`: also measure Squid 6.13 + c-icap (debootstraps Debian 13
         /// into /var/cache/gateway-bench/trixie once, a few minutes).
         #[arg(long)]
         squid: bool,
@@ -117,6 +119,12 @@ fn main() -> anyhow::Result<()> {
                         setup::squid_chroot()?;
                     }
                     bench_http::http(seconds, squid)
+                }
+                "tls" => {
+                    if squid {
+                        setup::squid_chroot()?;
+                    }
+                    bench_tls::tls(seconds, squid)
                 }
                 _ => unreachable!("clap restricts the value"),
             }

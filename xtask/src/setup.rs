@@ -25,6 +25,11 @@ const APT_PACKAGES: &[&str] = &[
     "libc-icap-mod-virus-scan", // … with its virus_scan module on clamd
     "nftables",                 // the Squid comparison's interception; counters in steering tests
     "python3-scapy",            // crafted frames (fragments, VLAN tags, IPv6 extension headers)
+    "chromium",                 // the real browser of the compatibility and TLS tests
+    "libnss3-tools",            // certutil: the gateway's CA in Chromium's NSS database (TLS tests)
+    "python3-cryptography",     // the TLS tests' upstream CA and server certificates (one expired)
+    "openssl",                  // s_client in the TLS tests
+    "gzip",                     // a gzip-encoded EICAR for the TLS tests
 ];
 
 /// Runs every setup step.
