@@ -115,7 +115,8 @@ fn c_icap_client_gets_204_for_clean_bodies_and_the_threat_for_eicar() -> anyhow:
 #[test]
 fn options_name_the_service_and_its_limits() -> anyhow::Result<()> {
     let env = setup("icaps2", "max_connections = 7\npreview = 2048\n")?;
-    let out = env.rig.cmd(Ns::Server, "c-icap-client").args(["-i", "127.0.0.1", "-p", "1344", "-s", "avscan"]).output()?;
+    let out =
+        env.rig.cmd(Ns::Server, "c-icap-client").args(["-i", "127.0.0.1", "-p", "1344", "-s", "avscan"]).output()?;
     let text = output_text(&out);
     for want in [
         "ICAP/1.0 200 OK",
@@ -141,10 +142,8 @@ fn the_gateways_own_icap_client_against_its_own_server() -> anyhow::Result<()> {
         cmd.arg(env.files.join(f));
     }
     let out = cmd.output()?;
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.rsplit('/').next().unwrap_or(l).to_string())
-        .collect();
+    let lines: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.rsplit('/').next().unwrap_or(l).to_string()).collect();
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     for (i, f) in ["eicar.com", "eicar.zip", "tail-10m"].iter().enumerate() {
         assert!(lines[i].starts_with(&format!("{f}: Test.EICAR")) && lines[i].ends_with("FOUND"), "{lines:?}");
@@ -255,7 +254,15 @@ fn squid_uses_the_gateways_icap_server_for_downloads_and_uploads() -> anyhow::Re
     assert!(page.contains("The transfer was blocked") && page.contains("Test.EICAR"), "{page}");
 
     let got = rig.dir().join("100m.got");
-    let out = rig.curl(&["-sS", "--fail", "-x", proxy, "-o", &got.to_string_lossy(), &format!("http://{SERVER_V4}/100m.bin")])?;
+    let out = rig.curl(&[
+        "-sS",
+        "--fail",
+        "-x",
+        proxy,
+        "-o",
+        &got.to_string_lossy(),
+        &format!("http://{SERVER_V4}/100m.bin"),
+    ])?;
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(sha256_file(&got)?, sha256_file(&big)?, "the 100 MiB body changed on its way");
 

@@ -26,14 +26,14 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::mpsc, task::JoinHandle};
 
+pub use self::{
+    backend::Backend,
+    meta::{Direction, ScanMeta},
+};
 use self::{
     backend::Body,
     pool::{MemberStatus, Pool},
     settings::{Scan as Settings, ScanBackend},
-};
-pub use self::{
-    backend::Backend,
-    meta::{Direction, ScanMeta},
 };
 use crate::{
     decide::Decider,

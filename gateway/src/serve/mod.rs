@@ -162,10 +162,7 @@ impl Servers {
 
     /// The servers' counters now.
     pub fn report(&self) -> ServersReport {
-        ServersReport {
-            icap: self.icap.as_ref().map(|s| s.snapshot()),
-            api: self.api.as_ref().map(|s| s.snapshot()),
-        }
+        ServersReport { icap: self.icap.as_ref().map(|s| s.snapshot()), api: self.api.as_ref().map(|s| s.snapshot()) }
     }
 }
 

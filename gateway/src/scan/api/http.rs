@@ -220,7 +220,10 @@ async fn read_answer(s: &mut Stream, t: Duration, url: &ApiUrl) -> Result<(Verdi
     res.parse(&buf[..end]).map_err(|e| bad(format!("the API's answer head: {e}")))?;
     let status = res.code.unwrap_or(0);
     let header = |n: &str| {
-        res.headers.iter().find(|h| h.name.eq_ignore_ascii_case(n)).map(|h| String::from_utf8_lossy(h.value).to_string())
+        res.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(n))
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
     };
     let keep = header("connection").is_none_or(|c| !c.eq_ignore_ascii_case("close"));
     let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));

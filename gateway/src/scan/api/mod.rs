@@ -116,7 +116,10 @@ fn connector(ca_file: &Path) -> anyhow::Result<TlsConnector> {
         let (ok, _) = roots.add_parsable_certificates(certs);
         anyhow::ensure!(ok > 0, "scan.api.ca_file {} holds no usable certificate", ca_file.display());
     } else {
-        anyhow::ensure!(added > 0, "no system certificate authorities found (install ca-certificates or set scan.api.ca_file)");
+        anyhow::ensure!(
+            added > 0,
+            "no system certificate authorities found (install ca-certificates or set scan.api.ca_file)"
+        );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)

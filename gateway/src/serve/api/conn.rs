@@ -23,6 +23,9 @@ use crate::{
 };
 
 const READ: usize = 64 * 1024;
+/// What is read and dropped, at most, after an early answer.
+const LINGER_BYTES: usize = 4 << 20;
+const LINGER_TIME: Duration = Duration::from_secs(2);
 const MAX_HEADERS: usize = 64;
 
 /// `VirusFound`.
@@ -118,11 +121,8 @@ fn parse_head(raw: &[u8]) -> Result<Head, Fail> {
         Err(httparse::Error::TooManyHeaders) => return Err(fail(431, "too many header fields", true)),
         Err(e) => return Err(fail(400, format!("request head: {e}"), true)),
     }
-    let headers: Vec<(String, String)> = r
-        .headers
-        .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        r.headers.iter().map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string())).collect();
     let http10 = r.version == Some(0);
     let mut head = Head {
         method: r.method.unwrap_or_default().to_string(),
@@ -131,7 +131,8 @@ fn parse_head(raw: &[u8]) -> Result<Head, Fail> {
         close: false,
     };
     let conn = head.get("connection").map(str::to_ascii_lowercase);
-    head.close = conn.as_deref().is_some_and(|c| c.contains("close")) || (http10 && conn.as_deref() != Some("keep-alive"));
+    head.close =
+        conn.as_deref().is_some_and(|c| c.contains("close")) || (http10 && conn.as_deref() != Some("keep-alive"));
     Ok(head)
 }
 
@@ -265,7 +266,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
                         in_file = field == "inputFile" && session.is_none();
                         if in_file {
                             name = filename.unwrap_or_else(|| "inputFile".into());
-                            let meta = ScanMeta { client: Some(self.peer), ..ScanMeta::named(&name, Direction::Upload) };
+                            let meta =
+                                ScanMeta { client: Some(self.peer), ..ScanMeta::named(&name, Direction::Upload) };
                             session = Some(self.server.scanner.start(meta, false));
                         }
                     }
@@ -333,7 +335,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             Verdict::Error { .. } => return Err(early(&outcome.verdict)),
         };
         let mut clean = viruses.is_empty();
-        let mut result = ScanResult { clean_result: clean, contains_executable: None, contains_script: None, found_viruses: None };
+        let mut result =
+            ScanResult { clean_result: clean, contains_executable: None, contains_script: None, found_viruses: None };
         if advanced {
             // Cloudmersive's defaults: executables and scripts are not clean
             // unless allowed.
@@ -384,7 +387,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
 
     async fn write(&mut self, out: &[u8]) -> bool {
         let wait = self.server.cfg.io_timeout.0;
-        matches!(timeout(wait, async { self.stream.write_all(out).await?; self.stream.flush().await }).await, Ok(Ok(())))
+        matches!(
+            timeout(wait, async {
+                self.stream.write_all(out).await?;
+                self.stream.flush().await
+            })
+            .await,
+            Ok(Ok(()))
+        )
     }
 
     /// Answers an error; `true` if the connection goes on.
@@ -393,7 +403,29 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         let c = &self.server.counters;
         Counters::bump(if f.status == 503 { &c.blocked } else { &c.errors });
         let out = json_response(f.status, reason(f.status), &error_json(&f.message), f.close);
-        self.write(&out).await && !f.close
+        let sent = self.write(&out).await;
+        if f.close {
+            self.linger().await;
+        }
+        sent && !f.close
+    }
+
+    /// After an answer given before the request ended: what the client
+    /// still sends is read and dropped for a moment, so that the answer is
+    /// not lost to a reset.
+    async fn linger(&mut self) {
+        let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+        let mut left = LINGER_BYTES;
+        let mut scratch = vec![0u8; 16 * 1024];
+        let _ = timeout(LINGER_TIME, async {
+            while left > 0 {
+                match self.stream.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        })
+        .await;
     }
 }
 
@@ -418,10 +450,16 @@ mod tests {
 
     #[test]
     fn results_have_cloudmersive_shapes() {
-        let r = ScanResult { clean_result: true, contains_executable: None, contains_script: None, found_viruses: None };
+        let r =
+            ScanResult { clean_result: true, contains_executable: None, contains_script: None, found_viruses: None };
         assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"CleanResult":true,"FoundViruses":null}"#);
         let v = vec![VirusFound { file_name: "e.com".into(), virus_name: "Eicar".into() }];
-        let r = ScanResult { clean_result: false, contains_executable: Some(false), contains_script: None, found_viruses: Some(v) };
+        let r = ScanResult {
+            clean_result: false,
+            contains_executable: Some(false),
+            contains_script: None,
+            found_viruses: Some(v),
+        };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"CleanResult":false,"ContainsExecutable":false,"FoundViruses":[{"FileName":"e.com","VirusName":"Eicar"}]}"#

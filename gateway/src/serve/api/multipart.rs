@@ -161,7 +161,8 @@ impl Multipart {
     }
 
     fn part_head(&mut self) -> Result<Option<Event>, FormError> {
-        let Some(end) = find(&self.buf, b"\r\n\r\n").map(|i| i + 4).or_else(|| self.buf.starts_with(b"\r\n").then_some(2))
+        let Some(end) =
+            find(&self.buf, b"\r\n\r\n").map(|i| i + 4).or_else(|| self.buf.starts_with(b"\r\n").then_some(2))
         else {
             if self.buf.len() > MAX_PART_HEAD {
                 return Err(FormError::PartHead);

@@ -98,7 +98,9 @@ impl<'a> Conn<'a> {
             Ok(Ok(0)) => Err(Refused { status: Status::BadRequest, why: "the client closed mid-request".into() }),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(Refused { status: Status::BadRequest, why: format!("reading: {e}") }),
-            Err(_) => Err(Refused { status: Status::Timeout, why: "the request stalled (icap_server.io_timeout)".into() }),
+            Err(_) => {
+                Err(Refused { status: Status::Timeout, why: "the request stalled (icap_server.io_timeout)".into() })
+            }
         }
     }
 
@@ -128,7 +130,10 @@ impl<'a> Conn<'a> {
             }
             self.fill().await?;
         }
-        Err(Refused { status: Status::TooLarge, why: format!("ICAP head longer than {max} bytes (icap_server.max_head)") })
+        Err(Refused {
+            status: Status::TooLarge,
+            why: format!("ICAP head longer than {max} bytes (icap_server.max_head)"),
+        })
     }
 
     async fn read_exact(&mut self, n: usize) -> Result<bytes::Bytes, Refused> {
@@ -385,6 +390,9 @@ mod tests {
         assert_eq!(url_of(b"GET /a/b?c HTTP/1.1\r\nHost: ex.org\r\n\r\n"), "http://ex.org/a/b?c");
         assert_eq!(url_of(b"GET http://ex.org/x HTTP/1.1\r\nHost: ex.org\r\n\r\n"), "http://ex.org/x");
         assert_eq!(url_of(b"garbage"), "");
-        assert_eq!(header_of(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", "content-type").as_deref(), Some("text/plain"));
+        assert_eq!(
+            header_of(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n", "content-type").as_deref(),
+            Some("text/plain")
+        );
     }
 }

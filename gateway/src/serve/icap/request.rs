@@ -225,9 +225,15 @@ Encapsulated: req-hdr=0, res-hdr=137, res-body=296\r\nPreview: 1024\r\nAllow: 20
         assert_eq!(status(b"RESPMOD icap://h/s ICAP/2.0\r\n\r\n"), Status::VersionNotSupported);
         assert_eq!(status(b"GET icap://h/s ICAP/1.0\r\n\r\n"), Status::NotImplemented);
         assert_eq!(status(b"RESPMOD icap://h/s ICAP/1.0\r\n\r\n"), Status::BadRequest);
-        assert_eq!(status(b"RESPMOD icap://h/s ICAP/1.0\r\nEncapsulated: res-body=5, res-hdr=0\r\n\r\n"), Status::BadRequest);
+        assert_eq!(
+            status(b"RESPMOD icap://h/s ICAP/1.0\r\nEncapsulated: res-body=5, res-hdr=0\r\n\r\n"),
+            Status::BadRequest
+        );
         assert_eq!(status(b"REQMOD icap://h/s ICAP/1.0\r\nEncapsulated: req-hdr=0\r\n\r\n"), Status::BadRequest);
-        assert_eq!(status(b"RESPMOD icap://h/s ICAP/1.0\r\nPreview: x\r\nEncapsulated: null-body=0\r\n\r\n"), Status::BadRequest);
+        assert_eq!(
+            status(b"RESPMOD icap://h/s ICAP/1.0\r\nPreview: x\r\nEncapsulated: null-body=0\r\n\r\n"),
+            Status::BadRequest
+        );
         assert_eq!(status(b"RESPMOD icap://h/s ICAP/1.0\r\nbroken\r\n\r\n"), Status::BadRequest);
     }
 }

@@ -12,14 +12,16 @@ fn header_text(s: &str) -> String {
 
 fn status_line(out: &mut String, status: Status, istag: &str) {
     let (code, reason) = status.line();
-    let _ = write!(out, "ICAP/1.0 {code} {reason}\r\nServer: gateway/{}\r\nISTag: {istag}\r\n", env!("CARGO_PKG_VERSION"));
+    let _ =
+        write!(out, "ICAP/1.0 {code} {reason}\r\nServer: gateway/{}\r\nISTag: {istag}\r\n", env!("CARGO_PKG_VERSION"));
 }
 
 /// An error answer; the connection closes after it.
 pub fn error(status: Status, istag: &str, why: &str) -> Vec<u8> {
     let mut out = String::with_capacity(256);
     status_line(&mut out, status, istag);
-    let _ = write!(out, "X-Gateway-Error: {}\r\nEncapsulated: null-body=0\r\nConnection: close\r\n\r\n", header_text(why));
+    let _ =
+        write!(out, "X-Gateway-Error: {}\r\nEncapsulated: null-body=0\r\nConnection: close\r\n\r\n", header_text(why));
     out.into_bytes()
 }
 
