@@ -46,6 +46,13 @@ fn keep_fixed(new: &mut Config, old: &Config, pending: &mut Vec<&'static str>) {
         proxy.ftp_listener_port,
         proxy.ftp_data_listener_port,
         proxy.ipv6,
+        // The TLS listener is opened at start only; the steered and dropped
+        // ports follow from these (CA files and policies do reload).
+        proxy.tls_listener_port,
+        tls.intercept,
+        tls.ports,
+        steering.tls_ports,
+        steering.drop_udp_ports,
         control.socket,
         metrics.listen,
     );

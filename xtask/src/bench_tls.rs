@@ -184,7 +184,9 @@ fn squid_figures(env: &mut TlsEnv, seconds: u32) -> anyhow::Result<Figures> {
     std::fs::copy(env.upstream_ca(), etc.join("bench-upstream-ca.pem"))?;
     std::fs::write(etc.join("bench-hosts"), format!("{} {WWW}\n", tests::rig::SERVER_V4))?;
     let db = "/var/cache/squid/bench_ssl_db";
-    let _ = std::fs::remove_dir_all(root.join(db.trim_start_matches('/')));
+    let db_dir = root.join(db.trim_start_matches('/'));
+    let _ = std::fs::remove_dir_all(&db_dir);
+    std::fs::create_dir_all(db_dir.parent().context("the ssl_db path has a parent")?)?;
     let certgen = "/usr/lib/squid/security_file_certgen";
     run_in(root, &[certgen, "-c", "-s", db, "-M", "16MB"])?;
     run_in(root, &["chown", "-R", "proxy:proxy", db])?;

@@ -200,8 +200,7 @@ async fn refuse(client: TcpStream, why: &str) -> String {
     use tokio::io::AsyncWriteExt as _;
     // Take the peeked hello off the socket first: closing with unread
     // bytes would send a reset that can overtake the alert.
-    let mut sink = [0u8; hello::MAX_HELLO];
-    let _ = client.try_read(&mut sink);
+    let _ = client.try_read(&mut vec![0u8; hello::MAX_HELLO]);
     let mut client = client;
     let _ = client.write_all(&[21, 3, 3, 0, 2, 2, 40]).await;
     let _ = client.shutdown().await;
