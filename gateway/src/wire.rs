@@ -268,10 +268,19 @@ impl ChunkedDecoder {
     }
 }
 
+/// The start of a bad size line, for messages: error pages and logs must
+/// not carry what a peer sent at length (it could be the very payload that
+/// was to be blocked).
+fn size_error(line: &[u8]) -> ChunkError {
+    let shown: String =
+        String::from_utf8_lossy(&line[..line.len().min(12)]).chars().filter(|c| !c.is_control()).collect();
+    ChunkError::Size(if line.len() > 12 { format!("{shown}…") } else { shown })
+}
+
 /// `1a2b` or `1a2b;ext=val` (one space before `;` tolerated): hex digits
 /// only, at most 16 of them.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
-    let bad = || ChunkError::Size(String::from_utf8_lossy(line).into_owned());
+    let bad = || size_error(line);
     let size = line.split(|&b| b == b';').next().unwrap_or_default();
     let size = size.strip_suffix(b" ").unwrap_or(size);
     if size.is_empty() || size.len() > 16 || !size.iter().all(u8::is_ascii_hexdigit) {
@@ -285,7 +294,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
 /// trailing spaces; what is left must be hex digits (no sign, no `0x`)
 /// worth less than 2^63.
 fn browser_chunk_size(line: &[u8]) -> Result<u64, ChunkError> {
-    let bad = || ChunkError::Size(String::from_utf8_lossy(line).into_owned());
+    let bad = || size_error(line);
     let mut size = line.split(|&b| b == b';').next().unwrap_or_default();
     while let Some(s) = size.strip_suffix(b" ") {
         size = s;

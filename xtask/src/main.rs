@@ -4,14 +4,19 @@
 //! * `test` = setup, build, every test.
 //! * `demo` = setup, build, a rig with the gateway and traffic through it.
 //! * `bench relay` measures the steered relay against direct forwarding.
+//! * `compat` prints the browser-compatibility figures (corpus + Chromium).
 //! * `rig` builds a rig and waits, for poking at by hand.
+//! * `deb` builds the Debian package (cargo-deb).
 
 mod bench;
 mod bench_ftp;
 mod bench_http;
+mod bench_icap;
 mod bench_scan;
 mod bench_tls;
 mod build;
+mod compat;
+mod deb;
 mod demo;
 mod fuzz;
 mod setup;
@@ -38,14 +43,18 @@ enum Command {
     },
     /// Setup, build, then show the gateway at work on the namespace rig.
     Demo,
+    /// Setup, build, then the Debian package:
+    /// target/debian/gateway_<version>_amd64.deb (cargo-deb).
+    Deb,
     /// Benchmarks on the rig.
     Bench {
         /// What to measure: `relay` (steering + relay vs direct forwarding),
         /// `scan` (the scanning core vs clamd's own rate and c-icap-client),
         /// `http` (vs direct and Squid + c-icap), `ftp` (vs direct, clamd,
         /// and with `--squid` Squid's FTP relay + c-icap) or `tls` (TLS
-        /// interception vs direct TLS and, with `--squid`, Squid ssl-bump).
-        #[arg(value_parser = ["relay", "scan", "http", "ftp", "tls"])]
+        /// interception vs direct TLS and, with `--squid`, Squid ssl-bump)
+        /// or `icap` (the gateway's ICAP server vs c-icap on one clamd).
+        #[arg(value_parser = ["relay", "scan", "http", "ftp", "tls", "icap"])]
         what: String,
         /// Transfer size in MiB for the bulk figures.
         #[arg(long, default_value_t = 1024)]
@@ -58,6 +67,9 @@ enum Command {
         #[arg(long)]
         squid: bool,
     },
+    /// The browser-compatibility figures: the http-oddities corpus through
+    /// the gateway (clean and EICAR) and a sample in headless Chromium.
+    Compat,
     /// Build a rig, start nginx and the gateway, print how to reach them and
     /// wait for Enter.
     Rig,
@@ -102,12 +114,18 @@ fn main() -> anyhow::Result<()> {
             build::gateway()?;
             demo::run()
         }
+        Command::Deb => {
+            setup::run()?;
+            build::gateway()?;
+            deb::run()
+        }
         Command::Bench { what, mib, seconds, squid } => {
             setup::run()?;
             build::gateway()?;
             match what.as_str() {
                 "relay" => bench::relay(mib, seconds),
                 "scan" => bench_scan::scan(),
+                "icap" => bench_icap::icap(seconds),
                 "ftp" => {
                     if squid {
                         setup::squid_chroot()?;
@@ -133,6 +151,11 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             build::gateway()?;
             soak::soak(minutes, connections)
+        }
+        Command::Compat => {
+            setup::run()?;
+            build::gateway()?;
+            compat::run()
         }
         Command::Rig => {
             setup::run()?;

@@ -25,6 +25,10 @@ const APT_PACKAGES: &[&str] = &[
     "libc-icap-mod-virus-scan", // … with its virus_scan module on clamd
     "nftables",                 // the Squid comparison's interception; counters in steering tests
     "python3-scapy",            // crafted frames (fragments, VLAN tags, IPv6 extension headers)
+    "openssl",                  // certificates for the API server's HTTPS test
+    "prometheus",               // the real scraper of /metrics, and promtool
+    "systemd",                  // systemd-analyze verify (nothing is started: no systemd runs here)
+    "debootstrap",              // the Debian 12 tree the package is installed into
     "chromium",                 // the real browser of the compatibility and TLS tests
     "libnss3-tools",            // certutil: the gateway's CA in Chromium's NSS database (TLS tests)
     "python3-cryptography",     // the TLS tests' upstream CA and server certificates (one expired)
@@ -35,8 +39,51 @@ const APT_PACKAGES: &[&str] = &[
 /// Runs every setup step.
 pub fn run() -> anyhow::Result<()> {
     apt()?;
+    npm_ci("tests/compat")?;
+    npm_ci("tests/api-client")?; // Cloudmersive's published client, for the API server's tests
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
+    tests::debian::bookworm_tree()?;
+    squid_chroot()?; // Squid 6.13 for the ICAP server's tests (and bench --squid)
+    Ok(())
+}
+
+/// The Node packages a test folder pins in its package-lock.json
+/// (playwright-core drives Debian's chromium), installed once.
+fn npm_ci(folder: &str) -> anyhow::Result<()> {
+    let dir = tests::util::workspace_root().join(folder);
+    if dir.join("node_modules/.package-lock.json").exists() {
+        return Ok(());
+    }
+    if !have("npm") {
+        install(&["nodejs", "npm"])?;
+    }
+    eprintln!("xtask setup: npm ci in {folder}");
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("running npm ci")?;
+    if !status.success() {
+        bail!("npm ci in {folder} failed ({status})");
+    }
+    Ok(())
+}
+
+/// cargo-deb, for `cargo xtask deb` and the package test.
+fn cargo_deb() -> anyhow::Result<()> {
+    if have("cargo-deb") {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-deb (a minute or two, once)");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "cargo-deb", "--locked"])
+        .status()
+        .context("running cargo install cargo-deb")?;
+    if !status.success() {
+        bail!("installing cargo-deb failed ({status})");
+    }
     Ok(())
 }
 

@@ -102,7 +102,9 @@ fn response(status: u16, reason: &str, extra: &str, body: &str, keep: bool) -> V
 pub fn refusal(status: u16, why: &str) -> Vec<u8> {
     let reason = reason_phrase(status);
     let body = format!("<!DOCTYPE html><html><body><h1>{status} {reason}</h1><p>{}</p></body></html>\n", escape(why));
-    response(status, reason, "", &body, false)
+    // Like Squid's X-Squid-Error: tells an answer of the gateway's own
+    // from the server's (for admins' tools and the compatibility tests).
+    response(status, reason, &format!("X-Gateway-Error: {status}\r\n"), &body, false)
 }
 
 /// The block page response with `status` (403, or 503 when the scanner
