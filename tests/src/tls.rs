@@ -75,6 +75,14 @@ leaf('expired', ['expired.example.test'], [], now - 400 * day, now - 30 * day)
 leaf('self', ['selfsigned.example.test'], [], now - day, now + 365 * day, self_signed=True)
 "#;
 
+/// Writes the test PKI into `dir` (see [`PKI`]).
+pub fn make_pki(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    run_ok(std::process::Command::new(PYTHON).args(["-c", PKI]).arg(dir).arg(SERVER_V4))
+        .context("making the test PKI (python3-cryptography)")?;
+    Ok(())
+}
+
 /// nginx server blocks on 443 (IPv4 and IPv6), one per name.
 fn servers(pki: &Path, www: &Path) -> String {
     let block = |names: &str, stem: &str, default: bool| {
@@ -127,9 +135,7 @@ impl TlsEnv {
     pub fn prepare(tag: &str, workers: u32) -> anyhow::Result<TlsEnv> {
         let mut rig = Rig::new(tag)?;
         let pki = rig.dir().join("pki");
-        std::fs::create_dir_all(&pki)?;
-        run_ok(std::process::Command::new(PYTHON).args(["-c", PKI]).arg(&pki).arg(SERVER_V4))
-            .context("making the test PKI (python3-cryptography)")?;
+        make_pki(&pki)?;
         let www = rig.dir().join("nginx/www");
         let nginx = Nginx::start_with(&mut rig, Ns::Server, &[80], workers, &servers(&pki, &www))?;
         std::fs::write(nginx.www.join("eicar.com"), eicar())?;

@@ -9,8 +9,9 @@ use std::{path::Path, time::Duration};
 use tests::{
     Ns,
     clamd::eicar,
+    gateway::binary,
     rig::{GW_SERVER_V4, SERVER_V4},
-    tls::{BANK, EXPIRED, SELF_SIGNED, TlsEnv, WRONG_NAME, WWW},
+    tls::{BANK, EXPIRED, SELF_SIGNED, TlsEnv, WRONG_NAME, WWW, make_pki},
     util::{PYTHON, output_text as text, random_file, run_ok, sha256, sha256_file, wait_for},
 };
 
@@ -409,4 +410,48 @@ fn chromium_dom(env: &TlsEnv, home: &Path, url: &str) -> anyhow::Result<String> 
     let dom = String::from_utf8_lossy(&out.stdout).to_string();
     anyhow::ensure!(out.status.success() && !dom.is_empty(), "chromium: {}", text(&out));
     Ok(dom)
+}
+
+/// `gateway check-config` on a `[tls]` section: exit status 2 and one
+/// sentence naming the problem.
+fn check_tls(dir: &Path, tls: &str) -> anyhow::Result<(Option<i32>, String)> {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, format!("[steering]\ninterfaces = [\"lo\"]\n\n[tls]\nintercept = true\n{tls}\n"))?;
+    let out = std::process::Command::new(binary()?).arg("check-config").arg(&path).output()?;
+    Ok((out.status.code(), String::from_utf8_lossy(&out.stderr).trim_end().to_string()))
+}
+
+#[test]
+fn unusable_ca_files_exit_2_with_one_sentence() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("gw-tls-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ours, other, pki) = (dir.join("ca"), dir.join("other"), dir.join("pki"));
+    for d in [&ours, &other] {
+        let out = std::process::Command::new(binary()?).args(["ca", "new", "--out"]).arg(d).output()?;
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    // Never overwritten.
+    let again = std::process::Command::new(binary()?).args(["ca", "new", "--out"]).arg(&ours).output()?;
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    make_pki(&pki)?;
+    let roots = pki.join("upstream-ca.pem");
+    let files = |cert: &Path, key: &Path| {
+        format!("ca_cert = {:?}\nca_key = {:?}\nupstream_roots = {roots:?}", cert.display(), key.display())
+    };
+    let (code, err) = check_tls(&dir, &files(&ours.join("ca.pem"), &ours.join("ca.key")))?;
+    assert_eq!(code, Some(0), "{err}");
+    for (what, cert, key, needle) in [
+        ("missing", dir.join("none.pem"), ours.join("ca.key"), "cannot read"),
+        ("mismatched", ours.join("ca.pem"), other.join("ca.key"), "does not belong to the CA certificate"),
+        ("not a CA", pki.join("www.pem"), pki.join("www.key"), "is not a CA certificate"),
+        ("a key as the certificate", ours.join("ca.key"), ours.join("ca.key"), "holds no PEM X.509 certificate"),
+    ] {
+        let (code, err) = check_tls(&dir, &files(&cert, &key))?;
+        assert_eq!(code, Some(2), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: more than one line: {err}");
+        assert!(err.contains(needle), "{what}: {needle:?} not in {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
