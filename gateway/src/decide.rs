@@ -138,12 +138,16 @@ impl Decider {
     /// A verdict remembered for this object's URL and validators: known
     /// infected objects are refused before their body is fetched.
     pub fn known(&self, s: &Subject) -> Option<Verdict> {
-        self.cache.by_url(&s.object, &s.validators)
+        let v = self.cache.by_url(&s.object, &s.validators)?;
+        crate::metrics::events().cache_hit("url");
+        Some(v)
     }
 
     /// A verdict remembered for a body with this hash.
     pub fn known_body(&self, sha256: &[u8; 32]) -> Option<Verdict> {
-        self.cache.by_hash(sha256)
+        let v = self.cache.by_hash(sha256)?;
+        crate::metrics::events().cache_hit("hash");
+        Some(v)
     }
 
     /// Decides on `outcome`, remembers infected bodies, and writes the
@@ -154,6 +158,7 @@ impl Decider {
             self.cache.remember(outcome.sha256, Some((&s.object, &s.validators)), &outcome.verdict);
         }
         let decision = self.judge(&outcome.verdict);
+        count(s.kind, outcome, &decision);
         if let Decision::Block { reason, .. } = &decision {
             self.detections.write(&record(s, outcome, reason, delivered));
         }
@@ -189,6 +194,21 @@ impl Decider {
             },
         }
     }
+}
+
+/// Counts the decision, and the error that led to it if any.
+fn count(kind: TransferKind, outcome: &Outcome, decision: &Decision) {
+    let events = crate::metrics::events();
+    if let Some(k) = outcome.verdict.error_kind() {
+        events.scan_failed(k);
+    }
+    let label = match decision {
+        Decision::Pass { .. } => "pass",
+        Decision::Block { class: BlockClass::Infected, .. } => "infected",
+        Decision::Block { class: BlockClass::Policy, .. } => "policy",
+        Decision::Block { class: BlockClass::Unavailable, .. } => "unavailable",
+    };
+    events.decided(kind.name(), label);
 }
 
 /// The one constructor of detection records.

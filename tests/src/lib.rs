@@ -8,9 +8,11 @@
 
 pub mod cicap;
 pub mod clamd;
+pub mod debian;
 pub mod ftpd;
 pub mod gateway;
 pub mod nginx;
+pub mod prometheus;
 pub mod rig;
 pub mod tls;
 pub mod tun;

@@ -169,6 +169,7 @@ impl Session<'_> {
                         Ok(Some(line)) if split_command(&line).0 == "ABOR" => {
                             t.handle.abort();
                             info!(target: "ftp", "client={} {} {} aborted by the client before the verdict", self.peer, t.verb, t.name);
+                            crate::metrics::events().ftp_transfer(&t.verb, "aborted");
                             self.tell_client("426 Transfer aborted; the data connection was closed.").await?;
                             self.tell_client("226 ABOR command successful.").await?;
                             return Ok(Next::Go);
@@ -193,6 +194,13 @@ impl Session<'_> {
         sr: &mut Lines,
     ) -> Result<Next, FtpError> {
         let upload = matches!(t.verb.as_str(), "STOR" | "APPE" | "STOU");
+        let ended = match &outcome {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Blocked { class: BlockClass::Infected, .. } => "infected",
+            Outcome::Blocked { .. } => "blocked",
+            Outcome::Failed(_) => "failed",
+        };
+        crate::metrics::events().ftp_transfer(&t.verb, ended);
         match outcome {
             Outcome::Blocked { reason, class, threats, trickled, bytes } => {
                 info!(target: "ftp", "client={} {} {} bytes={bytes} blocked: {reason} trickled={trickled} server-reply={code}", self.peer, t.verb, t.name);
