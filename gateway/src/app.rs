@@ -216,8 +216,7 @@ fn listen(config: &Config, steering: &mut Steering, current: &Arc<Current>) -> a
     for (kind, port) in kinds {
         let families: &[bool] = if p.ipv6 { &[false, true] } else { &[false] };
         for &v6 in families {
-            let listener = proxy::listener::transparent(port, v6)
-                .with_context(|| format!("opening the {} listener on port {port}", kind.name()))?;
+            let listener = open_listener(kind, port, v6, steering.previous_owner().is_some())?;
             let local = listener.local_addr()?;
             steering.register_listener(kind.slot_kind(), local, &listener)?;
             let set = if kind == Kind::FtpData { &mut l.data } else { &mut l.accepting };
@@ -225,6 +224,26 @@ fn listen(config: &Config, steering: &mut Steering, current: &Arc<Current>) -> a
         }
     }
     Ok(l)
+}
+
+/// A transparent listener on `port`, or, while taking over from a gateway
+/// that still holds that port, on a port of the kernel's choice: steered
+/// flows reach a listener through the sockmap, never by its port, and
+/// SO_REUSEPORT is not an option (bpf_sk_assign refuses such sockets).
+fn open_listener(kind: Kind, port: u16, v6: bool, taking_over: bool) -> anyhow::Result<tokio::net::TcpListener> {
+    let what = || format!("opening the {} listener on port {port}", kind.name());
+    match proxy::listener::transparent(port, v6) {
+        Err(e) if taking_over && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let l = proxy::listener::transparent(0, v6).with_context(what)?;
+            info!(
+                "the {} listener is on port {} while the previous gateway drains port {port}",
+                kind.name(),
+                l.local_addr()?.port()
+            );
+            Ok(l)
+        }
+        other => other.with_context(what),
+    }
 }
 
 async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
@@ -317,9 +336,15 @@ fn hand_over(pid: u32) {
     }
 }
 
+/// How long the listeners keep accepting once a stop begins: handshakes
+/// that reached them just before a successor took new flows over complete
+/// within a round trip, and closing a listener would reset them.
+const ACCEPT_GRACE: Duration = Duration::from_millis(500);
+
 /// Stops accepting, waits up to `timeout` for the flows in progress, then
 /// closes the FTP data listener (and, by returning, what is left).
 async fn drain(mut l: Listeners, stats: &Stats, timeout: Duration) {
+    tokio::time::sleep(ACCEPT_GRACE).await;
     l.accepting.shutdown().await;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut active = stats.snapshot().flows_active;

@@ -242,9 +242,13 @@ impl Head {
         self.push_headers(&mut s)
     }
 
-    /// The response head as bytes.
+    /// The response head as bytes. The status is written as three digits:
+    /// a server's `000`–`099` stays what it was for a browser (it reads the
+    /// leading digits), and anything above 999 (which browsers read as an
+    /// unknown status too) becomes 999, so that strict clients can parse
+    /// every status line the gateway sends.
     pub fn response_bytes(&self) -> Vec<u8> {
-        let mut s = format!("HTTP/1.{} {} {}\r\n", self.minor, self.status, self.reason);
+        let mut s = format!("HTTP/1.{} {:03} {}\r\n", self.minor, self.status.min(999), self.reason);
         self.push_headers(&mut s)
     }
 
@@ -331,6 +335,22 @@ mod tests {
     fn limits() {
         let many: String = (0..150).map(|i| format!("X-{i}: v\r\n")).collect();
         assert!(matches!(req(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Err(HeadError::TooLarge(_))));
+    }
+
+    #[test]
+    fn every_status_line_sent_parses_strictly() {
+        for status in [0, 7, 99, 200, 999, 1000, u16::MAX] {
+            let h = Head {
+                method: String::new(),
+                target: String::new(),
+                status,
+                reason: "Odd".into(),
+                minor: 1,
+                headers: Vec::new(),
+            };
+            let again = parse_response(&h.response_bytes(), L).expect("parses");
+            assert_eq!(again.status, status.min(999), "{status}");
+        }
     }
 
     #[test]
