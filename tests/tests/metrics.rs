@@ -14,6 +14,7 @@ use tests::{
     gateway::{NO_SCAN, Settings},
     prometheus::{GATEWAY_METRICS, Prometheus, promtool_check, sample, scrape},
     rig::SERVER_V4,
+    tls::{BANK, TlsEnv, WWW},
     util::{PYTHON, output_text, random_file, wait_for},
     web::{Web, WebSettings},
 };
@@ -104,6 +105,26 @@ fn ftp_transfers_and_505s_are_counted() -> anyhow::Result<()> {
     assert_eq!(at("gateway_decisions_total{transfer=\"ftp-download\",decision=\"infected\"}"), Some(1.0), "{m}");
     assert_eq!(at("gateway_flows_total{protocol=\"ftp\"}"), Some(1.0), "{m}");
     assert_eq!(at("gateway_flows_total{protocol=\"ftp-data\"}"), Some(2.0), "{m}");
+    Ok(())
+}
+
+#[test]
+fn tls_handshakes_are_counted() -> anyhow::Result<()> {
+    let env = TlsEnv::start("mtls", "")?;
+    assert_eq!(env.get(WWW, "/eicar.com", &[])?.0, 403, "intercepted and blocked");
+    // A name in bypass_sni is spliced: the client sees the server's own certificate.
+    let out = env.curl(BANK, "/eicar.com", &env.upstream_ca(), &["-o", "/dev/null"])?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_for("the flows to end", Duration::from_secs(10), || {
+        (env.gw().counter("/proxy/flows_active").ok()? == 0).then_some(())
+    })?;
+    let (_, m) = scrape(&env.rig, None)?;
+    let at = |s: &str| sample(&m, s);
+    assert_eq!(at("gateway_tls_handshakes_total{outcome=\"intercepted\"}"), Some(1.0), "{m}");
+    assert_eq!(at("gateway_tls_handshakes_total{outcome=\"spliced\"}"), Some(1.0), "{m}");
+    assert_eq!(at("gateway_tls_handshakes_total{outcome=\"failed\"}"), Some(0.0), "{m}");
+    assert_eq!(at("gateway_flows_total{protocol=\"tls\"}"), Some(2.0), "{m}");
+    assert_eq!(at("gateway_decisions_total{transfer=\"http-download\",decision=\"infected\"}"), Some(1.0), "{m}");
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! systemd (issue 13, item 8): the notify protocol spoken by the real
 //! binary to a test socket standing in for systemd's (READY=1 once it
-//! serves, WATCHDOG=1 while WATCHDOG_USEC is set, STOPPING=1 on SIGTERM);
+//! serves, WATCHDOG=1 while WATCHDOG_USEC is set, RELOADING=1 and READY=1
+//! around a SIGHUP reload, STOPPING=1 on SIGTERM);
 //! `dist/gateway.service` and the clamd drop-in pass `systemd-analyze
 //! verify`; the unit's capability set is enough to run the gateway, and
 //! less is not.
@@ -71,7 +72,16 @@ fn notify_ready_watchdog_stopping() -> anyhow::Result<()> {
     let n = pings.iter().filter(|m| m.lines().any(|l| l == "WATCHDOG=1")).count();
     assert!((5..=15).contains(&n), "{n} WATCHDOG=1 in 1 s: {pings:?}");
 
+    // SIGHUP reloads: RELOADING=1 with the time, then READY=1 again.
     // SAFETY: plain kill(2) on the gateway this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let reload = receive_until(&sock, "READY=1", Duration::from_secs(10));
+    let start = reload.iter().position(|m| m.lines().any(|l| l == "RELOADING=1"));
+    let start = start.unwrap_or_else(|| panic!("no RELOADING=1: {reload:?}"));
+    assert!(reload[start].contains("MONOTONIC_USEC="), "{reload:?}");
+    assert!(reload.last().is_some_and(|m| m.contains("READY=1")), "no READY=1 after the reload: {reload:?}");
+
+    // SAFETY: as above.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let after = receive_until(&sock, "STOPPING=1", Duration::from_secs(10));
     assert!(after.last().is_some_and(|m| m.contains("STOPPING=1")), "no STOPPING=1: {after:?}");

@@ -251,6 +251,12 @@ fn data_path(enc: &mut DescriptorEncoder<'_>, ev: &Events) -> fmt::Result {
         "Verdicts answered by the verdict cache, by key (body hash, URL).",
         &ev.cache_hits,
     )?;
+    counts(
+        enc,
+        "gateway_tls_handshakes",
+        "TLS flows by what became of their ClientHello: intercepted (handshake with the client done), spliced (relayed unread), refused (alert), upstream_refused (the server's certificate: block page), failed (no hello, or the handshake failed).",
+        &ev.tls,
+    )?;
     table(
         enc,
         "gateway_ftp_transfers",

@@ -49,6 +49,8 @@ pub struct Events {
     pub cache_hits: Counts<2>,
     /// FTP transfers by direction and how they ended.
     pub ftp: Table<3, 5>,
+    /// TLS flows by what became of their ClientHello.
+    pub tls: Counts<5>,
 }
 
 impl Events {
@@ -70,6 +72,7 @@ impl Events {
                 ("direction", ["download", "upload", "other"]),
                 ("outcome", ["delivered", "infected", "blocked", "failed", "aborted"]),
             ),
+            tls: Counts::new("outcome", ["intercepted", "spliced", "refused", "upstream_refused", "failed"]),
         }
     }
 
@@ -121,6 +124,13 @@ impl Events {
             _ => 2,
         };
         self.ftp.add(direction, self.ftp.cols.1.index(outcome));
+    }
+
+    /// A TLS flow was `intercepted` (handshake with the client done),
+    /// `spliced`, `refused` (alert), `upstream_refused` (the server's
+    /// certificate: block page) or `failed` (no hello, handshake failed).
+    pub fn tls_handshake(&self, outcome: &str) {
+        self.tls.add(self.tls.index(outcome));
     }
 }
 

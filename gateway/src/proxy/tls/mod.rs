@@ -123,6 +123,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, dst: SocketAddr, ctx: &P
     let hello = match hello::peek(&client, tls.cfg.handshake_timeout.0).await {
         Ok(h) => h,
         Err(e) => {
+            crate::metrics::events().tls_handshake("failed");
             reset_on_close(&client);
             return format!("reset: {e}");
         }
@@ -155,7 +156,10 @@ async fn intercept(
             let why = format!("{sni}: the server's certificate {why} (on_upstream_error = \"splice\")");
             return splice(client, dst, ctx, counts, &why).await;
         }
-        Err(UpstreamError::Certificate(why)) => return block::serve(client, peer, &sni, &why, tls, &ctx.http).await,
+        Err(UpstreamError::Certificate(why)) => {
+            crate::metrics::events().tls_handshake("upstream_refused");
+            return block::serve(client, peer, &sni, &why, tls, &ctx.http).await;
+        }
         Err(e) => {
             ctx.shared.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
             reset_on_close(&client);
@@ -171,8 +175,12 @@ async fn intercept(
     };
     let stream = match tls.accept(client, leaf).await {
         Ok(s) => s,
-        Err(e) => return format!("closed: {sni}: {e}"),
+        Err(e) => {
+            crate::metrics::events().tls_handshake("failed");
+            return format!("closed: {sni}: {e}");
+        }
     };
+    crate::metrics::events().tls_handshake("intercepted");
     let redial =
         Arc::new(Origin { upstream: tls.upstream.clone(), dialer: ctx.shared.dialer.clone(), sni: sni.clone(), wait });
     let secure = Secure { sni, upstream_subject: up.subject, redial };
@@ -182,6 +190,7 @@ async fn intercept(
 /// Relays the flow unread; the ClientHello is still in the socket (it was
 /// only peeked), so the server gets every byte.
 async fn splice(client: TcpStream, dst: SocketAddr, ctx: &Proxy, counts: &Counts, why: &str) -> String {
+    crate::metrics::events().tls_handshake("spliced");
     match ctx.shared.dialer.connect(dst).await {
         Err(e) => {
             ctx.shared.stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
@@ -197,6 +206,7 @@ async fn splice(client: TcpStream, dst: SocketAddr, ctx: &Proxy, counts: &Counts
 
 /// A fatal `handshake_failure` alert, then the connection closes.
 async fn refuse(client: TcpStream, why: &str) -> String {
+    crate::metrics::events().tls_handshake("refused");
     use tokio::io::AsyncWriteExt as _;
     // Take the peeked hello off the socket first: closing with unread
     // bytes would send a reset that can overtake the alert.
