@@ -81,6 +81,8 @@ pub struct Server {
     page: BlockPage,
     gate: Gate,
     counters: Counters,
+    /// The ISTag and when it was worked out (every answer carries it).
+    istag: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Server {
@@ -95,6 +97,7 @@ impl Server {
             scanner,
             page,
             counters: Counters::default(),
+            istag: std::sync::Mutex::new(None),
         })
     }
 
@@ -119,6 +122,19 @@ impl Server {
     /// signatures at their last health check, so it changes when the
     /// signatures do (clamd's VERSION names its signature version).
     pub fn istag(&self) -> String {
+        let mut cached = self.istag.lock().unwrap_or_else(|p| p.into_inner());
+        match cached.as_ref() {
+            // Health checks run every few seconds: once a second is enough.
+            Some((at, tag)) if at.elapsed() < std::time::Duration::from_secs(1) => tag.clone(),
+            _ => {
+                let tag = self.compute_istag();
+                *cached = Some((std::time::Instant::now(), tag.clone()));
+                tag
+            }
+        }
+    }
+
+    fn compute_istag(&self) -> String {
         let mut h = Sha256::new();
         h.update(env!("CARGO_PKG_VERSION"));
         for s in self.scanner.pool().signatures() {
