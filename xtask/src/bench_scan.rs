@@ -194,6 +194,34 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         });
     }
 
+    // (e) the clamd backend as a pool of two clamd instances (one body per
+    // member at a time here: `gateway scan` scans the files one by one).
+    let clamd2 = Clamd::start(dir.join("clamd2"), "2000M")?;
+    let clamd2_pid = clamd2.pid().context("clamd pid")?;
+    let pool_conf = dir.join("pool.toml");
+    std::fs::write(
+        &pool_conf,
+        format!(
+            "[scan]\nclamd = [\"{}\", \"{}\"]\nspool_dir = \"{}\"\n",
+            clamd.addr(),
+            clamd2.addr(),
+            dir.join("spool").display()
+        ),
+    )?;
+    let pool_arg = vec!["--config".to_string(), pool_conf.to_string_lossy().into_owned()];
+    let both = || cpu_of(clamd_pid) + cpu_of(clamd2_pid);
+    let (c0, k0) = (both(), children_cpu());
+    let (took, ms) = gateway_scan(&pool_arg, std::slice::from_ref(&big))?;
+    let (c1, k1) = (both(), children_cpu());
+    let (small_t, _) = gateway_scan(&pool_arg, &small)?;
+    let pool_row = Row {
+        name: "(e) gateway, clamd backend, pool of two clamd",
+        mib_s: 100.0 / took.as_secs_f64(),
+        cpu: format!("gateway {:.2} / clamd ×2 {:.2}", k1 - k0, c1 - c0),
+        verdict_ms: ms.map_or("?".into(), |m| format!("{m:.0}")),
+        files_s: 1000.0 / small_t.as_secs_f64(),
+    };
+
     // (d) c-icap's own client.
     let (c0, k0, i0) = (cpu_of(clamd_pid), children_cpu(), cpu_of_cicap());
     let t = Instant::now();
@@ -212,6 +240,7 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         files_s: 1000.0 / t.elapsed().as_secs_f64(),
     });
 
+    rows.push(pool_row);
     println!(
         "\n| path | 100 MiB clean, MiB/s | CPU s for the 100 MiB | last byte → verdict, ms | 1000 × 10 KiB, files/s |"
     );
@@ -226,6 +255,11 @@ fn run(dir: &Path) -> anyhow::Result<()> {
         rows[1].files_s / a.files_s,
         rows[2].mib_s / rows[3].mib_s,
         rows[2].files_s / rows[3].files_s
+    );
+    println!(
+        "pool of two / one clamd: {:.2}× MiB/s, {:.2}× files/s",
+        rows[4].mib_s / rows[1].mib_s,
+        rows[4].files_s / rows[1].files_s
     );
     Ok(())
 }
