@@ -1,12 +1,13 @@
 //! The transparent proxy: accepts steered connections and serves them.
 //!
-//! Each listener kind (HTTP, FTP control, FTP data) has one accept loop per
-//! address family. A flow's original destination is the accepted socket's
-//! local address. Every flow is first admitted against the connection caps
-//! ([`limits`]); then HTTP flows go to [`http`], FTP control connections to
-//! [`ftp`], expected FTP data connections to the FTP session waiting for
-//! them (or are reset), and anything not scanned is relayed byte for byte
-//! ([`relay`]).
+//! Each listener kind (HTTP, FTP control, FTP data, TLS when intercepting)
+//! has one accept loop per address family. A flow's original destination is
+//! the accepted socket's local address. Every flow is first admitted against
+//! the connection caps ([`limits`]); then HTTP flows go to [`http`], FTP
+//! control connections to [`ftp`], expected FTP data connections to the FTP
+//! session waiting for them (or are reset), TLS flows to [`tls`] (which
+//! hands intercepted ones to [`http`]), and anything not scanned is relayed
+//! byte for byte ([`relay`]).
 
 pub mod ftp;
 pub mod http;

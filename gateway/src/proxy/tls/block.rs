@@ -12,7 +12,6 @@ use tracing::info;
 use super::TlsContext;
 use crate::{
     detections,
-    net::reset_on_close,
     proxy::http::{
         HttpContext,
         conn::Conn,
@@ -31,14 +30,7 @@ pub async fn serve(
     hx: &HttpContext,
 ) -> String {
     let end = format!("blocked: {sni}: the server's certificate {why}");
-    let leaf = match tls.mint.leaf(sni, None) {
-        Ok(l) => l,
-        Err(e) => {
-            reset_on_close(&client);
-            return format!("{end}; reset: {e}");
-        }
-    };
-    let stream = match tls.accept(client, leaf).await {
+    let stream = match tls.terminate(client, sni, None).await {
         Ok(s) => s,
         Err(e) => return format!("{end}; {e}"),
     };

@@ -21,6 +21,7 @@ use rustls::{
     server::{Acceptor, ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
+use time::OffsetDateTime;
 use tokio::net::TcpStream;
 use tokio_rustls::{LazyConfigAcceptor, server::TlsStream};
 
@@ -57,6 +58,9 @@ pub enum AcceptError {
     /// sent garbage.
     #[error("TLS handshake with the client failed: {0}")]
     Failed(std::io::Error),
+    /// No leaf for the name (reset).
+    #[error(transparent)]
+    Mint(#[from] mint::MintError),
 }
 
 /// What interception needs, built once at start.
@@ -87,8 +91,22 @@ impl TlsContext {
         Ok(TlsContext { cfg: cfg.clone(), mint, upstream, base })
     }
 
-    /// Completes the client's handshake with `leaf`.
-    pub async fn accept(&self, tcp: TcpStream, leaf: Arc<CertifiedKey>) -> Result<TlsStream<TcpStream>, AcceptError> {
+    /// Completes the client's handshake with the leaf for `sni` (from the
+    /// cache, or minted to end no later than `bound`). A leaf that cannot
+    /// be minted resets the client.
+    pub async fn terminate(
+        &self,
+        tcp: TcpStream,
+        sni: &str,
+        bound: Option<OffsetDateTime>,
+    ) -> Result<TlsStream<TcpStream>, AcceptError> {
+        let leaf = match self.mint.leaf(sni, bound) {
+            Ok(l) => l,
+            Err(e) => {
+                reset_on_close(&tcp);
+                return Err(AcceptError::Mint(e));
+            }
+        };
         let wait = self.cfg.handshake_timeout.0;
         let mut config = self.base.clone();
         config.cert_resolver = Arc::new(Leaf(Some(leaf)));
@@ -166,14 +184,7 @@ async fn intercept(
             return format!("reset: {sni}: {e}");
         }
     };
-    let leaf = match tls.mint.leaf(&sni, Some(up.not_after)) {
-        Ok(l) => l,
-        Err(e) => {
-            reset_on_close(&client);
-            return format!("reset: {e}");
-        }
-    };
-    let stream = match tls.accept(client, leaf).await {
+    let stream = match tls.terminate(client, &sni, Some(up.not_after)).await {
         Ok(s) => s,
         Err(e) => {
             crate::metrics::events().tls_handshake("failed");
