@@ -229,7 +229,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             return Err(fail(400, "the client left", true));
         }
         let (outcome, name, sniff) = self.scan_form(framing, &boundary).await?;
-        Ok(self.result(head, advanced, outcome, &name, &sniff)?)
+        self.result(head, advanced, outcome, &name, &sniff)
     }
 
     fn framing(&self, head: &Head) -> Result<Framing, Fail> {
@@ -260,7 +260,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
                 return Err(fail(413, format!("body larger than api_server.max_body ({max} bytes)"), true));
             }
             form.push(&piece);
-            while let Some(event) = form.next().map_err(|e| fail(400, e.to_string(), true))? {
+            while let Some(event) = form.next_event().map_err(|e| fail(400, e.to_string(), true))? {
                 match event {
                     Event::Part { name: field, filename } => {
                         in_file = field == "inputFile" && session.is_none();

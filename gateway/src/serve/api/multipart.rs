@@ -110,7 +110,7 @@ impl Multipart {
     }
 
     /// The next event from what was pushed; `None`: push more.
-    pub fn next(&mut self) -> Result<Option<Event>, FormError> {
+    pub fn next_event(&mut self) -> Result<Option<Event>, FormError> {
         loop {
             match self.state {
                 State::Done => return Ok(None),
@@ -207,13 +207,15 @@ impl Multipart {
 mod tests {
     use super::*;
 
-    fn events(body: &[u8], piece: usize) -> Result<(Vec<(String, Vec<u8>)>, bool), FormError> {
+    type Parts = Vec<(String, Vec<u8>)>;
+
+    fn events(body: &[u8], piece: usize) -> Result<(Parts, bool), FormError> {
         let mut m = Multipart::new("XyZ");
-        let mut parts: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut parts: Parts = Vec::new();
         let mut ended = false;
         for p in body.chunks(piece) {
             m.push(p);
-            while let Some(e) = m.next()? {
+            while let Some(e) = m.next_event()? {
                 match e {
                     Event::Part { name, .. } => parts.push((name, Vec::new())),
                     Event::Data(d) => parts.last_mut().unwrap().1.extend_from_slice(&d),
