@@ -22,6 +22,14 @@ use tests::{
 /// What Prometheus 2.42 sends when it scrapes.
 const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
 
+/// A scrape once every flow has ended (bytes are counted at a flow's end).
+fn scrape_when_idle(rig: &Rig, gw: &Gateway) -> anyhow::Result<String> {
+    wait_for("the flows to end", Duration::from_secs(10), || {
+        (gw.counter("/proxy/flows_active").ok()? == 0).then_some(())
+    })?;
+    Ok(scrape(rig, None)?.1)
+}
+
 #[test]
 fn prometheus_scrapes_the_gateway_series() -> anyhow::Result<()> {
     let mut env = Web::start("mprom", "")?;
@@ -95,10 +103,7 @@ fn ftp_transfers_and_505s_are_counted() -> anyhow::Result<()> {
     )?;
     let text = output_text(&out);
     assert!(out.status.success() && text.contains("refused 505"), "{text}");
-    wait_for("the session to end", Duration::from_secs(10), || {
-        (env.gw.counter("/proxy/flows_active").ok()? == 0).then_some(())
-    })?;
-    let (_, m) = scrape(&env.rig, None)?;
+    let m = scrape_when_idle(&env.rig, &env.gw)?;
     let at = |s: &str| sample(&m, s);
     assert_eq!(at("gateway_ftp_transfers_total{direction=\"download\",outcome=\"infected\"}"), Some(1.0), "{m}");
     assert_eq!(at("gateway_ftp_transfers_total{direction=\"download\",outcome=\"delivered\"}"), Some(1.0), "{m}");
@@ -115,10 +120,7 @@ fn tls_handshakes_are_counted() -> anyhow::Result<()> {
     // A name in bypass_sni is spliced: the client sees the server's own certificate.
     let out = env.curl(BANK, "/eicar.com", &env.upstream_ca(), &["-o", "/dev/null"])?;
     assert!(out.status.success(), "{}", output_text(&out));
-    wait_for("the flows to end", Duration::from_secs(10), || {
-        (env.gw().counter("/proxy/flows_active").ok()? == 0).then_some(())
-    })?;
-    let (_, m) = scrape(&env.rig, None)?;
+    let m = scrape_when_idle(&env.rig, env.gw())?;
     let at = |s: &str| sample(&m, s);
     assert_eq!(at("gateway_tls_handshakes_total{outcome=\"intercepted\"}"), Some(1.0), "{m}");
     assert_eq!(at("gateway_tls_handshakes_total{outcome=\"spliced\"}"), Some(1.0), "{m}");

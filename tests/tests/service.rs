@@ -41,12 +41,18 @@ fn receive_until(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String
     got
 }
 
-#[test]
-fn notify_ready_watchdog_stopping() -> anyhow::Result<()> {
-    let mut rig = Rig::new("sdn")?;
+/// The socket standing in for systemd's, in the rig's directory.
+fn notify_socket(rig: &Rig) -> anyhow::Result<(std::path::PathBuf, UnixDatagram)> {
     let path = rig.dir().join("notify.sock");
     let sock = UnixDatagram::bind(&path)?;
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok((path, sock))
+}
+
+#[test]
+fn notify_ready_watchdog_stopping() -> anyhow::Result<()> {
+    let mut rig = Rig::new("sdn")?;
+    let (path, sock) = notify_socket(&rig)?;
     let conf = rig.dir().join("gateway.toml");
     std::fs::write(&conf, config(&rig, &Settings { http: NO_SCAN, ..Settings::default() }))?;
     let mut cmd = rig.gateway_cmd(binary()?)?;
@@ -93,9 +99,7 @@ fn notify_ready_watchdog_stopping() -> anyhow::Result<()> {
 #[test]
 fn no_watchdog_pings_unless_asked() -> anyhow::Result<()> {
     let mut rig = Rig::new("sdw")?;
-    let path = rig.dir().join("notify.sock");
-    let sock = UnixDatagram::bind(&path)?;
-    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let (path, sock) = notify_socket(&rig)?;
     let text = config(&rig, &Settings { http: NO_SCAN, ..Settings::default() });
     let notify = path.to_string_lossy().into_owned();
     let _gw = tests::Gateway::start_with_env(&mut rig, &text, &[("NOTIFY_SOCKET", &notify)])?;

@@ -73,10 +73,13 @@ fn single(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, kind: MetricT
     family::<[(&str, &str); 0]>(enc, name, help, kind, [([], value)])
 }
 
+/// A family of one label from [`Counts`].
 fn counts<const N: usize>(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, c: &Counts<N>) -> fmt::Result {
     family(enc, name, help, MetricType::Counter, c.read().map(|(v, n)| ([(c.label.0, v)], n)))
 }
 
+/// A family of two labels from a [`Table`]; rows `keep_row` refuses
+/// (`other`) are shown only where they counted something.
 fn table<const R: usize, const C: usize>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
