@@ -115,10 +115,22 @@ def chunked():
         "empty-chunk-ends": b"0\r\n\r\n",
         "many-small": b"".join(chunk(bytes([65 + i % 26])) for i in range(200)) + b"0\r\n\r\n",
         "big": chunk(bytes(range(256)) * 40) + chunk(b"tail") + b"0\r\n\r\n",
+        # What Chromium accepts and the strict rules refuse (and the reverse).
+        "lf-only": b"5\nhello\n0\n\n",
+        "spaces-after-size": b"5      \r\nhello\r\n0\r\n\r\n",
+        "any-trailer": b"0005\r\nhello\r\n00\r\nnot a header\r\nContent-Length: 9\r\n\r\n",
+        "tab-after-size": b"5\t\r\nhello\r\n0\r\n\r\n",
+        "2-to-the-63": b"8000000000000000\r\nhello\r\n",
+        "nul-in-size": b"5\x00\r\nhello\r\n0\r\n\r\n",
+        "empty-line-first": b"\r\n5\r\nhello\r\n0\r\n\r\n",
+        "browser-long-ext": b"1;" + b"a" * 16400 + b"\r\nx\r\n0\r\n\r\n",
     }
-    # ctl: splits (low 2 bits) and style (bits 2-3); bytes 1..=3: split points.
+    # ctl: splits (low 2 bits), style (bits 2-3), browser rules (bit 4);
+    # bytes 1..=3: split points.
+    variants = [(0x00, b"\x00\x00\x00"), (0x07, b"\x10\x80\xf0"), (0x0a, b"\x40\xc0\x00"),
+                (0x10, b"\x00\x00\x00"), (0x1b, b"\x20\x60\xe0")]
     for name, body in bodies.items():
-        for ctl, pts in [(0x00, b"\x00\x00\x00"), (0x07, b"\x10\x80\xf0"), (0x0a, b"\x40\xc0\x00")]:
+        for ctl, pts in variants if len(body) < 16384 else variants[:1] + variants[3:4]:
             write(t, f"{name}-{ctl:02x}", bytes([ctl]) + pts + body)
 
 
@@ -324,10 +336,26 @@ def ftp_command():
         write(t, name, line.encode("utf-8") if name != "abor-iac" else line.encode("latin-1"))
 
 
+def http_response():
+    """The http-oddities corpus (tests/data/http-oddities), expanded with
+    the clean payload, each behind a step byte (how the target feeds it)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(here, "..", "tests", "compat"))
+    import corpus
+    cases = os.path.join(here, "..", "tests", "data", "http-oddities")
+    for name in sorted(os.listdir(cases)):
+        if not name.endswith(".http"):
+            continue
+        with open(os.path.join(cases, name), "rb") as f:
+            raw = corpus.expand(f.read(), corpus.PAYLOADS["clean"])
+        if len(raw) <= 16 * 1024:
+            write("http_response", name[:-5], bytes([7]) + raw)
+
+
 def main():
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
-    for f in (http_head, chunked, head_scan, content_decode, icap_response, ftp_command):
+    for f in (http_head, http_response, chunked, head_scan, content_decode, icap_response, ftp_command):
         f()
     total = 0
     for target in sorted(os.listdir(ROOT)):

@@ -1,13 +1,14 @@
 //! The incremental chunked decoder (`gateway::wire::ChunkedDecoder`), fed
 //! the same body whole and split at points chosen by the input, through the
 //! three ways the gateway drives it: `decode_into`, `step`, and direct reads
-//! of chunk data (`data_left` + `took`). Invariant: the decoded data, the
+//! of chunk data (`data_left` + `took`), under both rule sets (strict for
+//! requests, Chromium's for responses). Invariant: the decoded data, the
 //! bytes used, whether the body ended and the error (if any) do not depend
 //! on the split or on the way it is driven.
 //!
-//! Input: byte 0 = number of splits (low 2 bits, 0–3) and the driving style
-//! (bits 2–3); bytes 1..=3 = split points (as fractions of the body); the
-//! body follows.
+//! Input: byte 0 = number of splits (low 2 bits, 0–3), the driving style
+//! (bits 2–3) and the rules (bit 4: browser); bytes 1..=3 = split points (as
+//! fractions of the body); the body follows.
 
 #![no_main]
 
@@ -84,8 +85,8 @@ fn feed(d: &mut ChunkedDecoder, piece: &[u8], style: Style, out: &mut Vec<u8>) -
     }
 }
 
-fn run(body: &[u8], splits: &[usize], style: Style) -> Outcome {
-    let mut d = ChunkedDecoder::default();
+fn run(body: &[u8], splits: &[usize], style: Style, browser: bool) -> Outcome {
+    let mut d = if browser { ChunkedDecoder::browser() } else { ChunkedDecoder::default() };
     let mut data = Vec::new();
     let mut used = 0;
     let mut start = 0;
@@ -126,8 +127,10 @@ fuzz_target!(|input: &[u8]| {
         _ => Style::Direct,
     };
 
-    let whole = run(body, &[], Style::DecodeInto);
-    let split = run(body, &splits, style);
+    let browser = ctl & 0x10 != 0;
+
+    let whole = run(body, &[], Style::DecodeInto, browser);
+    let split = run(body, &splits, style, browser);
     assert_eq!(whole.error, split.error, "splits {splits:?}");
     assert_eq!(whole.done, split.done, "splits {splits:?}");
     assert_eq!(whole.used, split.used, "splits {splits:?}");
@@ -135,7 +138,7 @@ fuzz_target!(|input: &[u8]| {
     // One byte at a time, too, for short bodies.
     if body.len() <= 256 {
         let every: Vec<usize> = (1..body.len()).collect();
-        let bytewise = run(body, &every, style);
+        let bytewise = run(body, &every, style, browser);
         assert_eq!(whole, bytewise, "byte at a time");
     }
     if whole.error.is_none() {

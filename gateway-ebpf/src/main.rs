@@ -37,6 +37,7 @@ use gateway_common::{
     steer_stat, v4_mapped,
 };
 
+use aya_log_ebpf::debug;
 use packet::{Frag, Packet, Parsed, Proto};
 
 /// Steered destination ports (host byte order) → listener kind.
@@ -173,9 +174,13 @@ fn frag_key(p: &Packet) -> FragKey {
     FragKey { saddr: p.saddr, daddr: p.daddr, id: p.frag_id, v6: u32::from(p.v6) }
 }
 
+/// Drops the packet, counted under `stat` (and logged at debug level when
+/// `[log] ebpf` is on; off, the verifier removes the logging as dead code:
+/// AYA_LOG_LEVEL is a load-time constant).
 #[inline(always)]
 fn drop(ctx: &TcContext, stat: u32) -> i32 {
     count(&STEER_STATS, stat, ctx.len());
+    debug!(ctx, "steer: drop (counter {})", stat);
     TC_ACT_SHOT
 }
 
@@ -237,6 +242,7 @@ fn down(slot: u32) -> bool {
 fn unserved(ctx: &TcContext, slot: u32, stat: u32) -> i32 {
     if flag(config::flag::WHEN_DOWN_FORWARD) && down(slot) {
         count(&STEER_STATS, steer_stat::DOWN_FORWARDED, ctx.len());
+        debug!(ctx, "steer: no gateway listens, forwarded (when_down = forward)");
         return TC_ACT_OK;
     }
     drop(ctx, stat)
@@ -323,6 +329,7 @@ fn try_steer(ctx: &TcContext, p: &Packet) -> i32 {
     if sk.is_null() {
         return unserved(ctx, slot, steer_stat::DROP_NO_LISTENER);
     }
+    debug!(ctx, "steer: SYN to port {} → listener slot {}", p.dport, slot);
     assign(ctx, sk, steer_stat::LISTENER)
 }
 

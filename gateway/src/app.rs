@@ -249,7 +249,8 @@ fn open_listener(kind: Kind, port: u16, v6: bool, taking_over: bool) -> anyhow::
 async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let shared = shared(&config, stats.clone())?;
-    let mut steering = Steering::load(&config.steering, opts.takeover)?;
+    let mut steering = Steering::load(&config.steering, opts.takeover, config.log.ebpf)?;
+    let program_log = steering.take_logger();
     let current = Arc::new(ArcSwap::from_pointee(proxy_context(&config, &shared, &steering, None)?));
     let listeners = listen(&config, &mut steering, &current)?;
     steering.attach(&config.steering)?;
@@ -284,6 +285,9 @@ async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
         config.steering.interfaces, config.steering.http_ports, config.steering.ftp_ports, config.steering.xdp_mode
     );
     tasks.spawn(give_back_memory());
+    if let Some(log) = program_log {
+        tasks.spawn(program_log_lines(log));
+    }
     notify::ready();
     tasks.spawn(notify::watchdog());
     tasks.spawn(greet(shared.scanner.clone()));
@@ -315,6 +319,22 @@ async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&live.config.control.socket);
     }
     Ok(())
+}
+
+/// Reads the eBPF programs' log records as they come (`[log] ebpf`).
+async fn program_log_lines(log: crate::steering::ProgramLog) {
+    use tokio::io::{Interest, unix::AsyncFd};
+    // SAFETY: the logger owns its ring buffer map and with it the file
+    // descriptor it reports, open and the same for as long as it lives; the
+    // AsyncFd owns the logger.
+    let mut fd = match unsafe { AsyncFd::register_with_interest(log, Interest::READABLE) } {
+        Ok(fd) => fd,
+        Err(e) => return warn!("reading the eBPF programs' log: {e}"),
+    };
+    while let Ok(mut ready) = fd.readable_mut().await {
+        ready.get_inner_mut().flush();
+        ready.clear_ready();
+    }
 }
 
 /// Logs whether the scanner answers (not fatal: scanning fails closed, or

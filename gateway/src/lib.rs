@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod decide;
 pub mod detections;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod netdev;

@@ -130,7 +130,11 @@ enum CaAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    match &cli.command {
+        // `run` logs as its configuration says, once it is read.
+        Command::Run { .. } => {}
+        _ => gateway::logging::init(&gateway::logging::Log::default()),
+    }
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(2, &e),
             };
+            gateway::logging::init(&config.log);
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, &e),
@@ -298,13 +303,6 @@ fn ask(socket: &std::path::Path, command: &str) -> ExitCode {
         }
         Err(e) => fail(1, &format!("cannot reach the gateway at {}: {e}", socket.display())),
     }
-}
-
-/// Log lines to stderr: `RUST_LOG` filters (default `info`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
 }
 
 fn fail(code: u8, e: &dyn std::fmt::Display) -> ExitCode {

@@ -55,6 +55,9 @@ fn keep_fixed(new: &mut Config, old: &Config, pending: &mut Vec<&'static str>) {
         steering.drop_udp_ports,
         control.socket,
         metrics.listen,
+        log.format,
+        log.level,
+        log.ebpf,
     );
 }
 

@@ -199,3 +199,42 @@ fn sigterm_lets_the_download_in_flight_finish() -> anyhow::Result<()> {
     assert_eq!(env.nginx.last_peer("/big")?, GW_SERVER_V4);
     Ok(())
 }
+
+/// `[log] format = "json"`: every line the gateway writes parses as JSON;
+/// a request's line carries its span (the flow's client and the request
+/// id). With `ebpf = true` the TC program's decisions arrive too.
+#[test]
+fn json_log_lines_parse_and_carry_spans_and_the_programs_decisions() -> anyhow::Result<()> {
+    let mut env = Env::new("ljson")?;
+    let text =
+        env.config("").replace("[log]\n", "[log]\nformat = \"json\"\nlevel = \"info,ebpf=debug\"\nebpf = true\n");
+    let gw = Gateway::start_with(&mut env.rig, &text)?;
+    let (_, status) = env.get(&format!("http://{SERVER_V4}/eicar.com"), "e", &["-m", "10"])?;
+    assert_eq!(status, "403");
+    let mut request = None;
+    let mut ebpf = 0;
+    wait_for("the request's line and the program's decision", Duration::from_secs(5), || {
+        let log = gw.log_text();
+        for line in log.lines().filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).ok()?;
+            if v["target"] == "http" && v["span"]["name"] == "request" {
+                request = Some(v);
+            } else if v["target"] == "ebpf" {
+                ebpf += 1;
+            }
+        }
+        (request.is_some() && ebpf > 0).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {}", gw.log_text()))?;
+    for line in gw.log_text().lines().filter(|l| !l.is_empty()) {
+        ensure!(serde_json::from_str::<serde_json::Value>(line).is_ok(), "not JSON: {line}");
+    }
+    let request = request.expect("found above");
+    let spans = request["spans"].as_array().cloned().unwrap_or_default();
+    assert!(
+        spans.iter().any(|s| s["name"] == "flow" && s["client"].as_str().is_some_and(|c| c.starts_with("198.18."))),
+        "{request}"
+    );
+    assert!(request["span"]["id"].as_str().is_some_and(|id| !id.is_empty()), "{request}");
+    Ok(())
+}

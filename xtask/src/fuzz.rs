@@ -22,8 +22,10 @@ use anyhow::{Context as _, bail};
 pub const TARGETS: &[(&str, usize)] = &[
     // Heads are refused past 64 KiB; 16 KiB covers many headers and long ones.
     ("http_head", 16 * 1024),
-    // Past the 8 KiB framing-line limit.
-    ("chunked", 16 * 1024),
+    // Server responses (browser rules); the corpus seeds are up to 16 KiB.
+    ("http_response", 16 * 1024),
+    // Past the framing-line limits (8 KiB strict, 16 KiB browser rules).
+    ("chunked", 24 * 1024),
     ("head_scan", 4 * 1024),
     // The seed bombs are ~64 KiB; ratio 1000 lets 128 KiB decode to the 64 MiB limit.
     ("content_decode", 128 * 1024),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::{
+    logging::Log,
     metrics::settings::Metrics,
     proxy::{
         ftp::settings::Ftp,
@@ -99,15 +100,6 @@ impl Default for Control {
     }
 }
 
-/// `[log]`
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Log {
-    /// JSON-lines file for detection records (created 0640); empty: the
-    /// log only.
-    pub detections: PathBuf,
-}
-
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -182,6 +174,7 @@ impl Config {
         self.http.validate()?;
         self.metrics.validate()?;
         self.ftp.validate()?;
+        self.log.validate()?;
         self.validate_tls()
     }
 }

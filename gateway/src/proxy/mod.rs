@@ -24,7 +24,7 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use self::settings::Proxy as Settings;
 use self::{
@@ -114,10 +114,15 @@ pub async fn serve(listener: TcpListener, kind: Kind, current: Arc<Current>) {
             Ok((client, peer)) => match ctx.caps.admit(peer.ip()) {
                 Ok(admitted) => {
                     let ctx = ctx.clone();
-                    tokio::spawn(async move {
-                        handle(client, peer, kind, &ctx).await;
-                        drop(admitted);
-                    });
+                    // Every line of this flow carries its kind and ends.
+                    let span = info_span!("flow", kind = kind.name(), client = %peer, dst = tracing::field::Empty);
+                    tokio::spawn(
+                        async move {
+                            handle(client, peer, kind, &ctx).await;
+                            drop(admitted);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(refusal) => refuse(client, peer, kind, &ctx, &refusal),
             },
@@ -162,6 +167,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy) {
             return;
         }
     };
+    tracing::Span::current().record("dst", tracing::field::display(dst));
     if kind == Kind::FtpData {
         // A passive data connection an FTP session is waiting for, or one
         // nobody is: that one is reset, never relayed unscanned.

@@ -173,18 +173,26 @@ pub struct Steering {
     expectations: Expectations,
     counters: Option<PerCpuArray<MapData, Counter>>,
     steer_stats: PerCpuArray<MapData, Counter>,
+    logger: Option<aya_log::EbpfLogger<crate::logging::EbpfLog>>,
 }
+
+/// The eBPF programs' log records, to be polled ([`Steering::take_logger`]).
+pub type ProgramLog = aya_log::EbpfLogger<crate::logging::EbpfLog>;
 
 impl Steering {
     /// Loads the programs on the pinned maps (made if this is the first
     /// gateway here) and writes the configuration into them. Nothing new is
     /// steered until [`Steering::attach`] and [`Steering::activate`].
     /// Another live gateway here is refused unless `takeover`.
-    pub fn load(cfg: &Settings, takeover: bool) -> Result<Steering, SteeringError> {
+    /// `log` turns on the programs' debug lines ([`crate::logging`]).
+    pub fn load(cfg: &Settings, takeover: bool, log: bool) -> Result<Steering, SteeringError> {
         let pins = Pins::open(&cfg.pin_dir).map_err(|e| SteeringError::Pin(e.to_string()))?;
         let paths: Vec<_> = MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let mut loader = EbpfLoader::new();
         loader.override_global("FWMARK", &cfg.fwmark, true);
+        // 0 keeps no log statement (Level::Error is 1); 4 is Debug.
+        let level: u8 = if log { 4 } else { 0 };
+        loader.override_global(aya_log::LEVEL, &level, true);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -224,6 +232,14 @@ impl Steering {
         let steer_stats =
             PerCpuArray::try_from(ebpf.take_map("STEER_STATS").ok_or(SteeringError::Missing("STEER_STATS map"))?)
                 .map_err(map_err("opening STEER_STATS"))?;
+        let logger = if log {
+            Some(
+                aya_log::EbpfLogger::init_with_logger(&mut ebpf, crate::logging::EbpfLog)
+                    .map_err(|e| SteeringError::Pin(format!("reading the programs' log: {e}")))?,
+            )
+        } else {
+            None
+        };
         Ok(Steering {
             ebpf: Mutex::new(ebpf),
             pins,
@@ -233,7 +249,13 @@ impl Steering {
             expectations,
             counters,
             steer_stats,
+            logger,
         })
+    }
+
+    /// The programs' log, when `[log] ebpf` is on (once).
+    pub fn take_logger(&mut self) -> Option<ProgramLog> {
+        self.logger.take()
     }
 
     /// The gateway process this one takes over from, if one was running.

@@ -13,7 +13,7 @@ use tokio::{
     sync::oneshot,
     task::JoinHandle,
 };
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, info_span, warn};
 
 use super::{
     FtpError,
@@ -128,19 +128,23 @@ impl Session<'_> {
         let scanner = fx.shared.scanner.clone();
         let dialer = fx.shared.dialer.clone();
         let ascii = self.ascii;
-        let handle = tokio::spawn(async move {
-            // `_expected` keeps the eBPF entry for the data connection's
-            // whole life: its packets are steered by it.
-            let (server_side, client_side, _expected) = match open(plan, &dialer, wait).await {
-                Ok(ends) => ends,
-                Err(why) => return Outcome::Failed(why),
-            };
-            if !scanned {
-                return data::relayed(server_side, client_side).await;
+        let span = info_span!("transfer", id = %subject.id, verb, object = %object);
+        let handle = tokio::spawn(
+            async move {
+                // `_expected` keeps the eBPF entry for the data connection's
+                // whole life: its packets are steered by it.
+                let (server_side, client_side, _expected) = match open(plan, &dialer, wait).await {
+                    Ok(ends) => ends,
+                    Err(why) => return Outcome::Failed(why),
+                };
+                if !scanned {
+                    return data::relayed(server_side, client_side).await;
+                }
+                let (from, to) = if upload { (client_side, server_side) } else { (server_side, client_side) };
+                data::scanned(from, to, Scanned { scanner, subject, meta, ascii, trickle, stall: wait }).await
             }
-            let (from, to) = if upload { (client_side, server_side) } else { (server_side, client_side) };
-            data::scanned(from, to, Scanned { scanner, subject, meta, ascii, trickle, stall: wait }).await
-        });
+            .instrument(span),
+        );
         self.transfer = Some(Transfer { handle, verb: verb.to_string(), name });
     }
 

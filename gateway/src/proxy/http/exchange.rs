@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::atomic::Ordering, time::Duration};
 
-use tracing::info;
+use tracing::{Instrument as _, info, info_span};
 
 use super::{
     HttpContext,
@@ -133,8 +133,16 @@ impl<'a> Flow<'a> {
     pub async fn exchange(&mut self) -> Result<Next, HttpError> {
         self.answered = false;
         self.current = None;
-        let Some(mut req) = self.read_request().await? else { return Ok(Next::Close("closed".into())) };
+        let Some(req) = self.read_request().await? else { return Ok(Next::Close("closed".into())) };
         self.current = Some((req.id.clone(), req.head.method.clone(), req.url.clone()));
+        // Every line of this request carries its id (the one in its log
+        // line, detection record and block page).
+        let span = info_span!("request", id = %req.id, method = %req.head.method, url = %req.url);
+        self.stages(req).instrument(span).await
+    }
+
+    /// Stages 2 to 7 of one request.
+    async fn stages(&mut self, mut req: Request) -> Result<Next, HttpError> {
         let uploaded = match self.upload(&mut req).await? {
             super::deliver::Uploaded::Sent(note) => note,
             super::deliver::Uploaded::Answered(next) => return Ok(next),

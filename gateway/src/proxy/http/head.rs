@@ -1,9 +1,11 @@
-//! HTTP/1.x message heads: parsing with httparse, the framing rules of
-//! RFC 9112 §6 applied the way endpoints will read the message, and
-//! serialisation of the head the gateway forwards.
+//! HTTP/1.x message heads: the `Head` every stage passes around, strict
+//! parsing with httparse and the framing rules of RFC 9112 §6 for requests
+//! (and for the ICAP service's replacement pages), and serialisation of
+//! the heads the gateway sends. Server responses are read differently, as
+//! browsers read them: see `super::response`.
 //!
-//! Anything ambiguous is refused rather than guessed at: a request
-//! smuggled past the scanner is worse than a request refused.
+//! In a request, anything ambiguous is refused rather than guessed at: a
+//! request smuggled past the scanner is worse than a request refused.
 
 use std::fmt::Write as _;
 
@@ -176,8 +178,9 @@ impl Head {
 
     /// Content-Length and Transfer-Encoding checked together: one of them
     /// at most, one length value, and a Transfer-Encoding that is exactly
-    /// `chunked`. Returns the declared framing, if any.
-    fn declared(&self, is_request: bool) -> Result<Option<Framing>, HeadError> {
+    /// `chunked`. Returns the declared framing, if any. (Requests only:
+    /// responses are read by `super::response`.)
+    fn declared(&self) -> Result<Option<Framing>, HeadError> {
         let te = self.tokens("transfer-encoding");
         let cls: Vec<&[u8]> = self.all("content-length").collect();
         if !te.is_empty() && !cls.is_empty() {
@@ -185,11 +188,7 @@ impl Head {
         }
         if !te.is_empty() {
             if te.last().map(String::as_str) != Some("chunked") {
-                return Err(HeadError::Framing(if is_request {
-                    "request Transfer-Encoding does not end in chunked".into()
-                } else {
-                    "response Transfer-Encoding does not end in chunked".into()
-                }));
+                return Err(HeadError::Framing("request Transfer-Encoding does not end in chunked".into()));
             }
             if te.len() > 1 {
                 // A transfer coding under chunked (gzip, chunked) would have
@@ -217,22 +216,9 @@ impl Head {
 
     /// Body framing of a request.
     pub fn request_framing(&self) -> Result<Framing, HeadError> {
-        Ok(match self.declared(true)? {
+        Ok(match self.declared()? {
             Some(Framing::Length(0)) | None => Framing::None,
             Some(f) => f,
-        })
-    }
-
-    /// Body framing of a response to `method`.
-    pub fn response_framing(&self, method: &str) -> Result<Framing, HeadError> {
-        if method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&self.status) || matches!(self.status, 204 | 304)
-        {
-            return Ok(Framing::None);
-        }
-        Ok(match self.declared(false)? {
-            Some(Framing::Length(0)) => Framing::None,
-            Some(f) => f,
-            None => Framing::Close,
         })
     }
 
@@ -316,19 +302,6 @@ mod tests {
         assert!(matches!(req("GET / HTTP/1.1\nHost: a\r\n\r\n"), Err(HeadError::Framing(_))));
         assert!(matches!(req("GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n"), Err(HeadError::Framing(_))));
         assert!(req("GET / HTTP/1.1\r\nContent-Length : 5\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn response_framing_by_status_and_method() {
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", L).unwrap();
-        assert_eq!(r.response_framing("HEAD").unwrap(), Framing::None);
-        assert_eq!(r.response_framing("GET").unwrap(), Framing::Length(10));
-        let r = parse_response(b"HTTP/1.1 204 No Content\r\n\r\n", L).unwrap();
-        assert_eq!(r.response_framing("GET").unwrap(), Framing::None);
-        let r = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", L).unwrap();
-        assert_eq!(r.response_framing("GET").unwrap(), Framing::Close);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", L).unwrap();
-        assert_eq!(r.response_framing("GET").unwrap(), Framing::Chunked);
     }
 
     #[test]

@@ -129,7 +129,7 @@ fn version(line: &[u8], has_headers: bool) -> Version {
         }
         let dot = 4 + line[4..].iter().position(|&b| b == b'.')?;
         let (major, minor) = (*line.get(5)?, *line.get(dot + 1)?);
-        (major.is_ascii_digit() && minor.is_ascii_digit()).then_some((major - b'0', minor - b'0'))
+        (major.is_ascii_digit() && minor.is_ascii_digit()).then(|| (major - b'0', minor - b'0'))
     })();
     match parsed {
         Some((0, 9)) if !has_headers => Version::Http09,
@@ -199,6 +199,9 @@ mod tests {
             let got = p(raw);
             assert_eq!((got.version, got.status, got.reason.as_slice()), (*version, *status, *reason), "{raw:?}");
         }
+        // A version that is not digits (found by fuzzing: the digits were
+        // subtracted before they were checked).
+        assert_eq!(p(b"HTTP/#.1 200 OK\r\n").version, Version::Http10);
         // 0.9 is believed only without headers.
         assert_eq!(p(b"HTTP/0.9 200 OK\r\nX: 1\r\n\r\n").version, Version::Http10);
     }

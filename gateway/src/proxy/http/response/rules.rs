@@ -160,18 +160,26 @@ pub fn coding(p: &Parsed) -> Result<Coding, HeadError> {
     Ok(Coding::Decode(codings))
 }
 
+/// Whether `b` is a control character other than HTAB (clients differ on
+/// them: strict ones refuse the line, browsers keep it).
+fn control(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
 /// The head the client gets: HTTP/1.1, the parsed fields in order without
-/// the framing ones (the gateway sets its own), without Content-Encoding
-/// when the body goes raw, and with a Content-Length where there is no body
-/// but one is meaningful (HEAD, 304) or needed (no body for other reasons).
+/// the framing ones (the gateway sets its own) and without fields whose
+/// values hold control characters, without Content-Encoding when the body
+/// goes raw, and with a Content-Length where there is no body but one is
+/// meaningful (HEAD, 304) or needed (no body for other reasons).
 pub fn normalise(p: &Parsed, framing: Framing, coding: &Coding, method: &str) -> Head {
+    let reason: Vec<u8> = p.reason.iter().copied().filter(|&b| !control(b)).collect();
     let mut head = Head {
         method: String::new(),
         target: String::new(),
         status: p.status,
-        reason: String::from_utf8_lossy(&p.reason).into_owned(),
+        reason: String::from_utf8_lossy(&reason).into_owned(),
         minor: 1,
-        headers: p.headers.clone(),
+        headers: p.headers.iter().filter(|(_, v)| !v.iter().copied().any(control)).cloned().collect(),
     };
     head.remove("transfer-encoding");
     head.remove("content-length");
