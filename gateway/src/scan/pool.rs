@@ -355,3 +355,134 @@ impl Backend for Pool {
         Box::pin(self.scan_pooled(meta, body))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::sync::{Notify, mpsc};
+
+    use super::*;
+    use crate::scan::Direction;
+
+    /// FAULT INJECTOR (a real clamd cannot be told to fail one scan on
+    /// cue): a member that reads the whole body, remembers it, and answers
+    /// clean or fails with `fail`; `hold` keeps it busy until notified.
+    struct Fake {
+        name: &'static str,
+        fail: Option<ErrorKind>,
+        seen: Mutex<Vec<usize>>,
+        hold: Option<Arc<Notify>>,
+    }
+
+    impl Fake {
+        fn new(name: &'static str, fail: Option<ErrorKind>) -> Arc<Fake> {
+            Arc::new(Fake { name, fail, seen: Mutex::default(), hold: None })
+        }
+    }
+
+    impl Backend for Arc<Fake> {
+        fn describe(&self) -> String {
+            self.name.into()
+        }
+
+        fn health(&self) -> BoxFuture<'_, Result<String, String>> {
+            Box::pin(async { Ok(self.name.to_string()) })
+        }
+
+        fn scan<'a>(&'a self, _meta: &'a ScanMeta, body: &'a mut Body) -> BoxFuture<'a, Verdict> {
+            Box::pin(async move {
+                if let Some(n) = &self.hold {
+                    n.notified().await;
+                }
+                let mut n = 0;
+                while let Some(c) = body.recv().await {
+                    n += c.len();
+                }
+                self.seen.lock().unwrap().push(n);
+                match self.fail {
+                    Some(kind) => Verdict::error(kind, format!("{} failed", self.name)),
+                    None => Verdict::Clean,
+                }
+            })
+        }
+    }
+
+    fn pool(members: &[&Arc<Fake>], failures: u32) -> Pool {
+        let settings = PoolSettings {
+            health_interval: Duration::ZERO,
+            health_timeout: Duration::from_secs(1),
+            failures_before_suspend: failures,
+            suspend: Duration::from_secs(60),
+        };
+        Pool::new(members.iter().map(|m| Box::new(Arc::clone(m)) as Box<dyn Backend>).collect(), settings)
+    }
+
+    async fn scan(pool: &Pool, sizes: &[usize]) -> Verdict {
+        let (tx, rx) = mpsc::channel(64);
+        for &s in sizes {
+            tx.send(Bytes::from(vec![7u8; s])).await.unwrap();
+        }
+        drop(tx);
+        pool.scan(&ScanMeta::named("x", Direction::Download), &mut Body::new(rx)).await
+    }
+
+    #[tokio::test]
+    async fn a_failed_member_is_marked_down_and_the_next_gets_the_whole_body() {
+        let (dead, ok) = (Fake::new("dead", Some(ErrorKind::Unavailable)), Fake::new("ok", None));
+        let p = pool(&[&dead, &ok], 3);
+        assert_eq!(scan(&p, &[1000, 2000, 3000]).await, Verdict::Clean);
+        assert_eq!(*ok.seen.lock().unwrap(), [6000]);
+        let st = p.status();
+        assert_eq!((st[0].state, st[0].failures, st[1].scans), ("down", 1, 1));
+        // Down, it is asked last: the next scan goes straight to the other.
+        assert_eq!(scan(&p, &[10]).await, Verdict::Clean);
+        assert_eq!(dead.seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_kept_mib_is_not_given_again() {
+        let (bad, ok) = (Fake::new("bad", Some(ErrorKind::Io)), Fake::new("ok", None));
+        let p = pool(&[&bad, &ok], 3);
+        let v = scan(&p, &[REPLAY_TEST, REPLAY_TEST]).await;
+        assert_eq!(v.error_kind(), Some(ErrorKind::Io), "{v:?}");
+        assert!(ok.seen.lock().unwrap().is_empty(), "a partial body must not be scanned as whole elsewhere");
+    }
+
+    const REPLAY_TEST: usize = crate::scan::backend::REPLAY / 2 + 1;
+
+    #[tokio::test]
+    async fn failing_scans_in_a_row_suspend_a_member() {
+        let flaky = Fake::new("flaky", Some(ErrorKind::Timeout));
+        let p = pool(&[&flaky], 2);
+        scan(&p, &[1]).await;
+        assert_eq!(p.status()[0].state, "up");
+        scan(&p, &[1]).await;
+        assert_eq!(p.status()[0].state, "suspended");
+        // Alone, it is still asked rather than the scan refused untried.
+        assert_eq!(scan(&p, &[1]).await.error_kind(), Some(ErrorKind::Timeout));
+        assert_eq!(flaky.seen.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_member_with_fewest_scans_in_flight_is_chosen() {
+        let gate = Arc::new(Notify::new());
+        let busy = Arc::new(Fake { name: "busy", fail: None, seen: Mutex::default(), hold: Some(gate.clone()) });
+        let idle = Fake::new("idle", None);
+        let p = Arc::new(pool(&[&busy, &idle], 3));
+        let first = tokio::spawn({
+            let p = p.clone();
+            async move { scan(&p, &[5]).await }
+        });
+        while p.status()[0].in_flight == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..3 {
+            assert_eq!(scan(&p, &[5]).await, Verdict::Clean);
+        }
+        assert_eq!(idle.seen.lock().unwrap().len(), 3, "the busy member got none of them");
+        gate.notify_one();
+        assert_eq!(first.await.unwrap(), Verdict::Clean);
+    }
+}
