@@ -89,7 +89,7 @@ impl Dialer {
     }
 
     async fn attempt(&self, dst: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, ConnectError> {
-        let no_port = |e: &io::Error| e.raw_os_error() == Some(libc::EADDRNOTAVAIL);
+        let no_port = |e: &io::Error| e.raw_os_error() == Some(nix::errno::Errno::EADDRNOTAVAIL as i32);
         let source_ip = source.map_or_else(|| "*".to_string(), |s| s.to_string());
         let socket = self.socket(dst, source).map_err(|e| {
             if no_port(&e) {

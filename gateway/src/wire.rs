@@ -212,23 +212,29 @@ impl ChunkedDecoder {
         Ok(Step { consumed: i, data: None })
     }
 
+    /// A framing line ends: under strict rules it must end in CRLF and hold
+    /// no other CR, and trailer lines must look like header fields; under
+    /// browser rules one CR before the LF is dropped, whatever else the
+    /// line holds goes to the size parser, and trailer lines are skipped.
     fn end_line(&mut self, raw: &[u8]) -> Result<(), ChunkError> {
-        if self.rules == ChunkRules::Browser {
-            return self.end_browser_line(raw.strip_suffix(b"\r").unwrap_or(raw));
-        }
-        let line = raw.strip_suffix(b"\r").ok_or(ChunkError::LineEnding)?;
-        if line.contains(&b'\r') {
+        let strict = self.rules == ChunkRules::Strict;
+        let line = match raw.strip_suffix(b"\r") {
+            Some(line) => line,
+            None if strict => return Err(ChunkError::LineEnding),
+            None => raw,
+        };
+        if strict && line.contains(&b'\r') {
             return Err(ChunkError::LineEnding);
         }
         self.state = match self.state {
-            ChunkState::Size => match parse_chunk_size(line)? {
+            ChunkState::Size => match self.size(line)? {
                 0 => ChunkState::Trailer,
                 n => ChunkState::Data(n),
             },
             ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
             ChunkState::DataEnd => return Err(ChunkError::DataEnd),
             ChunkState::Trailer if line.is_empty() => ChunkState::Done,
-            ChunkState::Trailer if line[0] == b' ' || line[0] == b'\t' || !line.contains(&b':') => {
+            ChunkState::Trailer if strict && (line[0] == b' ' || line[0] == b'\t' || !line.contains(&b':')) => {
                 return Err(ChunkError::Trailer);
             }
             other => other,
@@ -236,21 +242,11 @@ impl ChunkedDecoder {
         Ok(())
     }
 
-    /// A line (one CR before its LF already removed) under Chromium's rules:
-    /// the size is hex up to `;`, then only spaces; the line after a chunk's
-    /// data is empty; trailer lines are skipped whatever they hold.
-    fn end_browser_line(&mut self, line: &[u8]) -> Result<(), ChunkError> {
-        self.state = match self.state {
-            ChunkState::Size => match browser_chunk_size(line)? {
-                0 => ChunkState::Trailer,
-                n => ChunkState::Data(n),
-            },
-            ChunkState::DataEnd if line.is_empty() => ChunkState::Size,
-            ChunkState::DataEnd => return Err(ChunkError::DataEnd),
-            ChunkState::Trailer if line.is_empty() => ChunkState::Done,
-            other => other,
-        };
-        Ok(())
+    fn size(&self, line: &[u8]) -> Result<u64, ChunkError> {
+        match self.rules {
+            ChunkRules::Strict => parse_chunk_size(line),
+            ChunkRules::Browser => browser_chunk_size(line),
+        }
     }
 
     /// Decodes all of `input` it can, appending data to `out`; returns the

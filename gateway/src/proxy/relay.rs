@@ -132,7 +132,7 @@ impl Pipe {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         // A larger pipe means fewer wakeups; the kernel caps it at
         // fs.pipe-max-size, so fall back to whatever it has.
-        let size = match fcntl(&write, FcntlArg::F_SETPIPE_SZ(want as libc::c_int)) {
+        let size = match fcntl(&write, FcntlArg::F_SETPIPE_SZ(i32::try_from(want).unwrap_or(i32::MAX))) {
             Ok(got) if got > 0 => got as usize,
             _ => fcntl(&write, FcntlArg::F_GETPIPE_SZ).map_or(65536, |n| n.max(4096) as usize),
         };
