@@ -14,10 +14,10 @@ pub mod gateway;
 pub mod nginx;
 pub mod prometheus;
 pub mod rig;
-pub mod tls;
-pub mod tun;
 pub mod serve;
 pub mod squid;
+pub mod tls;
+pub mod tun;
 pub mod util;
 pub mod web;
 

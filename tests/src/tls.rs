@@ -120,6 +120,8 @@ pub struct TlsEnv {
     pub pki: PathBuf,
     /// The gateway's CA certificate, which the clients trust.
     pub gw_ca: PathBuf,
+    /// Extra `[steering]` lines for the next (re)start.
+    pub steering: String,
 }
 
 impl TlsEnv {
@@ -146,13 +148,13 @@ impl TlsEnv {
         let ca_dir = rig.dir().join("gateway-ca");
         let out = run_ok(std::process::Command::new(binary()?).args(["ca", "new", "--out"]).arg(&ca_dir))?;
         ensure!(ca_dir.join("ca.key").exists(), "gateway ca new wrote no key: {}", output_text(&out));
-        Ok(TlsEnv { rig, nginx, clamd, gw: None, pki, gw_ca: ca_dir.join("ca.pem") })
+        Ok(TlsEnv { rig, nginx, clamd, gw: None, pki, gw_ca: ca_dir.join("ca.pem"), steering: String::new() })
     }
 
     /// The gateway's configuration with `tls` as extra `[tls]` lines.
     pub fn config(&self, tls: &str) -> String {
         let scan = format!("clamd = \"{}\"", self.clamd.addr());
-        let mut text = config(&self.rig, &Settings { scan: &scan, ..Settings::default() });
+        let mut text = config(&self.rig, &Settings { scan: &scan, steering: &self.steering, ..Settings::default() });
         let ca = self.gw_ca.display();
         text.push_str(&format!(
             "\n[tls]\nintercept = true\nca_cert = \"{ca}\"\nca_key = \"{}\"\nupstream_roots = \"{}\"\n\

@@ -98,8 +98,14 @@ fn bypassed_names_and_missing_sni_are_spliced_not_decrypted() -> anyhow::Result<
     let flows = env.gw().flow_lines();
     assert!(flows.iter().any(|l| l.contains("kind=tls") && l.contains("matches bypass_sni")), "{flows:#?}");
     assert!(flows.iter().any(|l| l.contains("kind=tls") && l.contains("spliced (no server name")), "{flows:#?}");
-    // no_sni = "block": refused with an alert and a log line.
+    // A client in [steering] bypass is never steered: it sees nginx.
+    env.steering = "bypass = [\"198.18.0.3/32\"]".into();
     env.restart("no_sni = \"block\"")?;
+    let out =
+        env.curl(WWW, "/1m", &env.upstream_ca(), &["--interface", "198.18.0.3", "-o", &d, "-w", "%{http_code}"])?;
+    assert_eq!(text(&out), "200", "{}", text(&out));
+    assert_eq!(sha256_file(&dest)?, want);
+    // no_sni = "block": refused with an alert and a log line.
     let out = env.rig.curl(&["-sS", "-m", "30", "--cacert", &ca, "-o", "/dev/null", &url])?;
     assert!(!out.status.success(), "{}", text(&out));
     let flows = env.gw().flow_lines();
