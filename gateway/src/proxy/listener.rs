@@ -3,10 +3,7 @@
 //! any destination: the accepted socket's local address is the address the
 //! client dialled.
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
@@ -23,27 +20,11 @@ pub fn transparent(port: u16, v6: bool) -> std::io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     if v6 {
         socket.set_only_v6(true)?;
-        set_ipv6_transparent(&socket)?;
+        socket.set_ip_transparent_v6(true)?;
     } else {
         socket.set_ip_transparent_v4(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     TcpListener::from_std(socket.into())
-}
-
-/// IPV6_TRANSPARENT: neither socket2 nor nix offer it.
-fn set_ipv6_transparent(socket: &Socket) -> std::io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd; the option value is a c_int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_IPV6,
-            libc::IPV6_TRANSPARENT,
-            std::ptr::from_ref(&one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }

@@ -8,6 +8,8 @@
 
 use std::{io, time::Duration};
 
+use nix::sys::socket::{MsgFlags, recv};
+
 use tokio::{io::Interest, net::TcpStream};
 
 /// Bytes peeked at most: a ClientHello of this size is refused. Real ones
@@ -74,11 +76,13 @@ pub async fn peek(tcp: &TcpStream, wait: Duration) -> Result<Hello, HelloError> 
     let mut buf = vec![0u8; MAX_HELLO];
     let read = async {
         loop {
-            tcp.readable().await?;
+            // tokio registers for RDHUP: `read_closed` says the peer has
+            // sent FIN, which a peek at a partial hello cannot tell.
+            let closed = tcp.ready(Interest::READABLE).await?.is_read_closed();
             // Partial data: report WouldBlock so that readiness is cleared
             // and the next segment wakes us (peeking again at once would
             // spin on the same bytes).
-            match tcp.try_io(Interest::READABLE, || peek_once(tcp, &mut buf)) {
+            match tcp.try_io(Interest::READABLE, || peek_once(tcp, &mut buf, closed)) {
                 Ok(hello) => return hello,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(HelloError::Io(e)),
@@ -89,35 +93,17 @@ pub async fn peek(tcp: &TcpStream, wait: Duration) -> Result<Hello, HelloError> 
 }
 
 /// One peek: `Ok(result)` when the hello is complete or hopeless,
-/// WouldBlock when more bytes are needed.
-fn peek_once(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<Result<Hello, HelloError>> {
+/// WouldBlock when more bytes are needed. `closed`: the peer sent FIN.
+fn peek_once(tcp: &TcpStream, buf: &mut [u8], closed: bool) -> io::Result<Result<Hello, HelloError>> {
     use std::os::fd::AsRawFd as _;
-    // SAFETY: recv(2) into a buffer we own, of its length.
-    let n = unsafe { libc::recv(tcp.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    let n = recv(tcp.as_raw_fd(), buf, MsgFlags::MSG_PEEK)?;
     match parse(&buf[..n]) {
         Ok(h) => Ok(Ok(h)),
         Err(Parse::Bad(e)) => Ok(Err(e)),
-        Err(Parse::More) if n == 0 => Ok(Err(HelloError::Closed)),
+        Err(Parse::More) if n == 0 || closed => Ok(Err(HelloError::Closed)),
         Err(Parse::More) if n == buf.len() => Ok(Err(HelloError::TooLarge)),
-        Err(Parse::More) => {
-            // EOF after a partial hello reads as "more" forever: tell it
-            // apart by whether the peer has shut down its side.
-            if peer_closed(tcp) { Ok(Err(HelloError::Closed)) } else { Err(io::ErrorKind::WouldBlock.into()) }
-        }
+        Err(Parse::More) => Err(io::ErrorKind::WouldBlock.into()),
     }
-}
-
-/// Whether the peer sent FIN (RDHUP seen by a zero-timeout poll).
-fn peer_closed(tcp: &TcpStream) -> bool {
-    use std::os::fd::AsRawFd as _;
-    let mut p = libc::pollfd { fd: tcp.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
-    // SAFETY: one valid pollfd, no timeout.
-    let rc = unsafe { libc::poll(&mut p, 1, 0) };
-    rc > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Gathers the handshake message from one or more records and parses it.
