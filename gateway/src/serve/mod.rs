@@ -10,8 +10,10 @@
 
 pub mod api;
 pub mod icap;
+pub mod read;
 
 use std::{
+    net::SocketAddr,
     path::Path,
     sync::{
         Arc, Mutex,
@@ -23,6 +25,7 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 use tokio::{
+    net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
@@ -75,6 +78,75 @@ impl Counters {
     /// Adds one to `c`.
     pub fn bump(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now, for a server on `listen` with `active` connections.
+    pub fn snapshot(&self, listen: &str, active: usize) -> Snapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            listen: listen.to_string(),
+            connections: r(&self.connections),
+            active,
+            refused: r(&self.refused),
+            requests: r(&self.requests),
+            clean: r(&self.clean),
+            infected: r(&self.infected),
+            blocked: r(&self.blocked),
+            errors: r(&self.errors),
+        }
+    }
+}
+
+/// Checks a server section's listener and limits (`section` names it in
+/// the message).
+pub fn validate_common(section: &str, listen: &str, max_connections: usize, max_head: u64) -> Result<(), String> {
+    listen.parse::<std::net::SocketAddr>().map_err(|_| format!("{section}.listen {listen:?} is not ADDRESS:PORT"))?;
+    if max_connections == 0 {
+        return Err(format!("{section}.max_connections must be at least 1"));
+    }
+    if max_head < 1024 {
+        return Err(format!("{section}.max_head must be at least 1KiB"));
+    }
+    Ok(())
+}
+
+/// Accepts connections on `listener` until the task is dropped: each gets
+/// `handle` within the cap of `gate`, or `refuse` past it (both spawned).
+pub async fn accept<H, HF, R, RF>(
+    listener: TcpListener,
+    what: &str,
+    counters: &Counters,
+    gate: &Gate,
+    handle: H,
+    refuse: R,
+) where
+    H: Fn(TcpStream, SocketAddr) -> HF,
+    HF: Future<Output = ()> + Send + 'static,
+    R: Fn(TcpStream) -> RF,
+    RF: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: wait rather than spin.
+                tracing::warn!("{what}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        Counters::bump(&counters.connections);
+        let _ = stream.set_nodelay(true);
+        let Some(permit) = gate.admit() else {
+            Counters::bump(&counters.refused);
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let conn = handle(stream, peer);
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
     }
 }
 

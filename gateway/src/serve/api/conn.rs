@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use bytes::{Buf as _, Bytes, BytesMut};
 use serde::Serialize;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _},
     time::timeout,
 };
 
@@ -17,15 +17,14 @@ use super::{
 use crate::{
     decide::{Subject, TransferKind},
     scan::{Direction, ScanMeta, Session},
-    serve::Counters,
+    serve::{
+        Counters,
+        read::{self, READ, ReadError},
+    },
     verdict::{ErrorKind, Outcome, Verdict},
     wire::ChunkedDecoder,
 };
 
-const READ: usize = 64 * 1024;
-/// What is read and dropped, at most, after an early answer.
-const LINGER_BYTES: usize = 4 << 20;
-const LINGER_TIME: Duration = Duration::from_secs(2);
 const MAX_HEADERS: usize = 64;
 
 /// `VirusFound`.
@@ -165,6 +164,15 @@ impl Sniff {
 
     fn script(&self) -> bool {
         self.start.starts_with(b"#!")
+    }
+}
+
+/// The API error for a failed read.
+fn read_fail(e: ReadError) -> Fail {
+    match e {
+        ReadError::Stalled => fail(408, format!("{e} (api_server.io_timeout)"), true),
+        ReadError::HeadTooLong(_) => fail(431, format!("{e} (api_server.max_head)"), true),
+        ReadError::Closed | ReadError::Io(_) => fail(400, e.to_string(), true),
     }
 }
 
@@ -352,37 +360,13 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     }
 
     async fn fill(&mut self) -> Result<(), Fail> {
-        self.buf.reserve(READ);
-        match timeout(self.server.cfg.io_timeout.0, self.stream.read_buf(&mut self.buf)).await {
-            Ok(Ok(0)) => Err(fail(400, "the client closed mid-request", true)),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(fail(400, format!("reading: {e}"), true)),
-            Err(_) => Err(fail(408, "the request stalled (api_server.io_timeout)", true)),
-        }
+        let limits = self.server.limits();
+        read::fill(&mut self.stream, &mut self.buf, limits).await.map_err(read_fail)
     }
 
     async fn read_head(&mut self) -> Result<Option<Bytes>, Fail> {
-        let max = self.server.cfg.max_head.0 as usize;
-        loop {
-            if let Some(end) = crate::wire::head_end(&self.buf) {
-                if end > max {
-                    break;
-                }
-                return Ok(Some(self.buf.split_to(end).freeze()));
-            }
-            if self.buf.len() > max {
-                break;
-            }
-            if self.buf.is_empty() {
-                self.buf.reserve(READ);
-                match timeout(self.server.cfg.idle_timeout.0, self.stream.read_buf(&mut self.buf)).await {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    _ => return Ok(None),
-                }
-            }
-            self.fill().await?;
-        }
-        Err(fail(431, format!("request head longer than {max} bytes (api_server.max_head)"), true))
+        let limits = self.server.limits();
+        read::head(&mut self.stream, &mut self.buf, limits).await.map_err(read_fail)
     }
 
     async fn write(&mut self, out: &[u8]) -> bool {
@@ -405,27 +389,9 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         let out = json_response(f.status, reason(f.status), &error_json(&f.message), f.close);
         let sent = self.write(&out).await;
         if f.close {
-            self.linger().await;
+            read::linger(&mut self.stream).await;
         }
         sent && !f.close
-    }
-
-    /// After an answer given before the request ended: what the client
-    /// still sends is read and dropped for a moment, so that the answer is
-    /// not lost to a reset.
-    async fn linger(&mut self) {
-        let _ = timeout(Duration::from_secs(1), self.stream.shutdown()).await;
-        let mut left = LINGER_BYTES;
-        let mut scratch = vec![0u8; 16 * 1024];
-        let _ = timeout(LINGER_TIME, async {
-            while left > 0 {
-                match self.stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-            }
-        })
-        .await;
     }
 }
 

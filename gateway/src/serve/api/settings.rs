@@ -60,17 +60,9 @@ impl ApiServer {
         if !self.enabled() {
             return Ok(());
         }
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("api_server.listen {:?} is not ADDRESS:PORT", self.listen))?;
+        crate::serve::validate_common("api_server", &self.listen, self.max_connections, self.max_head.0)?;
         if self.tls_cert.as_os_str().is_empty() != self.tls_key.as_os_str().is_empty() {
             return Err("api_server.tls_cert and api_server.tls_key go together: set both or neither".into());
-        }
-        if self.max_connections == 0 {
-            return Err("api_server.max_connections must be at least 1".into());
-        }
-        if self.max_head.0 < 1024 {
-            return Err("api_server.max_head must be at least 1KiB".into());
         }
         Ok(())
     }

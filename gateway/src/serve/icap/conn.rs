@@ -1,14 +1,10 @@
 //! One ICAP connection: requests one after the other (keep-alive), each
 //! read, scanned and answered.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    time::timeout,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream, time::timeout};
 
 use super::{
     Server, Status,
@@ -20,16 +16,12 @@ use crate::{
     decide::{BlockClass, Decision, Subject, TransferKind},
     proxy::http::page::PageInfo,
     scan::{Direction, ScanMeta},
-    serve::Counters,
+    serve::{
+        Counters,
+        read::{self, READ, ReadError},
+    },
     spool::Spool,
 };
-
-/// Bytes read at once.
-const READ: usize = 64 * 1024;
-/// What is read and dropped, at most, after an answer given before the
-/// request ended (so that the answer is not lost to a reset).
-const LINGER_BYTES: usize = 4 << 20;
-const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// A connection and what was read from it but not used yet.
 pub(super) struct Conn<'a> {
@@ -49,6 +41,16 @@ enum Next {
 struct Heads {
     req: Vec<u8>,
     res: Vec<u8>,
+}
+
+/// The ICAP error for a failed read.
+fn refused(e: ReadError) -> Refused {
+    let (status, section) = match e {
+        ReadError::Stalled => (Status::Timeout, " (icap_server.io_timeout)"),
+        ReadError::HeadTooLong(_) => (Status::TooLarge, " (icap_server.max_head)"),
+        ReadError::Closed | ReadError::Io(_) => (Status::BadRequest, ""),
+    };
+    Refused { status, why: format!("{e}{section}") }
 }
 
 impl<'a> Conn<'a> {
@@ -93,47 +95,14 @@ impl<'a> Conn<'a> {
 
     /// Reads more bytes; the peer leaving or stalling is an error here.
     pub(super) async fn fill(&mut self) -> Result<(), Refused> {
-        self.buf.reserve(READ);
-        match timeout(self.server.cfg.io_timeout.0, self.stream.read_buf(&mut self.buf)).await {
-            Ok(Ok(0)) => Err(Refused { status: Status::BadRequest, why: "the client closed mid-request".into() }),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Refused { status: Status::BadRequest, why: format!("reading: {e}") }),
-            Err(_) => {
-                Err(Refused { status: Status::Timeout, why: "the request stalled (icap_server.io_timeout)".into() })
-            }
-        }
+        let limits = self.server.limits();
+        read::fill(&mut self.stream, &mut self.buf, limits).await.map_err(refused)
     }
 
     /// The next request head; `None` when the client is done (EOF or idle).
     async fn read_head(&mut self) -> Result<Option<bytes::Bytes>, Refused> {
-        let max = self.server.cfg.max_head.0 as usize;
-        loop {
-            // Stray line ends between requests are tolerated.
-            while self.buf.starts_with(b"\r\n") {
-                let _ = self.buf.split_to(2);
-            }
-            if let Some(end) = crate::wire::head_end(&self.buf) {
-                if end > max {
-                    break;
-                }
-                return Ok(Some(self.buf.split_to(end).freeze()));
-            }
-            if self.buf.len() > max {
-                break;
-            }
-            if self.buf.is_empty() {
-                self.buf.reserve(READ);
-                match timeout(self.server.cfg.idle_timeout.0, self.stream.read_buf(&mut self.buf)).await {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    _ => return Ok(None),
-                }
-            }
-            self.fill().await?;
-        }
-        Err(Refused {
-            status: Status::TooLarge,
-            why: format!("ICAP head longer than {max} bytes (icap_server.max_head)"),
-        })
+        let limits = self.server.limits();
+        read::head(&mut self.stream, &mut self.buf, limits).await.map_err(refused)
     }
 
     async fn read_exact(&mut self, n: usize) -> Result<bytes::Bytes, Refused> {
@@ -159,23 +128,8 @@ impl<'a> Conn<'a> {
         Counters::bump(&self.server.counters.errors);
         let out = respond::error(r.status, &self.server.istag(), &r.why);
         self.send(&out, true).await;
-        self.linger().await;
+        read::linger(&mut self.stream).await;
         Next::Close
-    }
-
-    async fn linger(&mut self) {
-        let _ = self.stream.shutdown().await;
-        let mut left = LINGER_BYTES;
-        let mut scratch = vec![0u8; 16 * 1024];
-        let _ = timeout(LINGER_TIME, async {
-            while left > 0 {
-                match self.stream.read(&mut scratch).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => left = left.saturating_sub(n),
-                }
-            }
-        })
-        .await;
     }
 
     /// RESPMOD or REQMOD: heads, body into the scan, verdict, answer.
@@ -318,7 +272,7 @@ impl<'a> Conn<'a> {
         if let Decision::Block { .. } = decision {
             let out = self.block_page(subject, &decision, true);
             self.send(&out, true).await;
-            self.linger().await;
+            read::linger(&mut self.stream).await;
             return Ok(Next::Close);
         }
         if !(req.allow_204 || whole_in_preview) {

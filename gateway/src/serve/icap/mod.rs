@@ -103,18 +103,15 @@ impl Server {
 
     /// The counters now.
     pub fn snapshot(&self) -> Snapshot {
-        let r = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        let c = &self.counters;
-        Snapshot {
-            listen: self.cfg.listen.clone(),
-            connections: r(&c.connections),
-            active: self.gate.active(),
-            refused: r(&c.refused),
-            requests: r(&c.requests),
-            clean: r(&c.clean),
-            infected: r(&c.infected),
-            blocked: r(&c.blocked),
-            errors: r(&c.errors),
+        self.counters.snapshot(&self.cfg.listen, self.gate.active())
+    }
+
+    /// How its connections read requests.
+    pub(super) fn limits(&self) -> crate::serve::read::Limits {
+        crate::serve::read::Limits {
+            max_head: self.cfg.max_head.0 as usize,
+            idle: self.cfg.idle_timeout.0,
+            io: self.cfg.io_timeout.0,
         }
     }
 
@@ -149,29 +146,13 @@ impl Server {
 
 /// Serves ICAP connections on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of descriptors and the like: wait rather than spin.
-                tracing::warn!("ICAP server: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        Counters::bump(&server.counters.connections);
-        let _ = stream.set_nodelay(true);
-        let Some(permit) = server.gate.admit() else {
-            Counters::bump(&server.counters.refused);
-            tokio::spawn(refuse(stream, server.clone()));
-            continue;
-        };
-        let server = server.clone();
-        tokio::spawn(async move {
-            conn::Conn::new(stream, peer, &server).run().await;
-            drop(permit);
-        });
-    }
+    let (handle_with, refuse_with) = (server.clone(), server.clone());
+    let handle = move |stream, peer| {
+        let server = handle_with.clone();
+        async move { conn::Conn::new(stream, peer, &server).run().await }
+    };
+    let refuse = move |stream| refuse(stream, refuse_with.clone());
+    super::accept(listener, "ICAP server", &server.counters, &server.gate, handle, refuse).await;
 }
 
 /// The answer of a full server: 503, then the connection closes.

@@ -71,9 +71,7 @@ impl IcapServer {
         if !self.enabled() {
             return Ok(());
         }
-        self.listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|_| format!("icap_server.listen {:?} is not ADDRESS:PORT", self.listen))?;
+        crate::serve::validate_common("icap_server", &self.listen, self.max_connections, self.max_head.0)?;
         if self.service.is_empty() || self.service.contains(['/', '?', ' ']) {
             return Err(format!("icap_server.service {:?} must be a plain name", self.service));
         }
@@ -82,12 +80,6 @@ impl IcapServer {
         }
         if let Some(m) = self.methods.iter().find(|m| !matches!(m.as_str(), "RESPMOD" | "REQMOD")) {
             return Err(format!("icap_server.methods: {m:?} is neither RESPMOD nor REQMOD"));
-        }
-        if self.max_connections == 0 {
-            return Err("icap_server.max_connections must be at least 1".into());
-        }
-        if self.max_head.0 < 1024 {
-            return Err("icap_server.max_head must be at least 1KiB".into());
         }
         Ok(())
     }
