@@ -178,7 +178,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, kind: Kind, ctx: &Proxy) {
     let end = match kind {
         Kind::Tls => tls::serve(client, peer, dst, ctx, &counts).await,
         Kind::Http if ctx.http.cfg.scan_downloads || ctx.http.cfg.scan_uploads => {
-            http::serve(Box::new(client), peer, dst, &ctx.http, &counts).await
+            http::serve(Box::new(client), (peer, dst), None, &ctx.http, &counts).await
         }
         _ => match ctx.shared.dialer.connect(dst).await {
             Err(e) => {

@@ -16,6 +16,7 @@ pub mod backend;
 pub mod clamd;
 pub mod files;
 pub mod icap;
+pub mod idle;
 mod meta;
 pub mod pool;
 pub mod settings;

@@ -40,36 +40,35 @@ pub struct HttpContext {
     pub page: BlockPage,
 }
 
+/// An intercepted TLS flow: the server's TLS stream, already connected,
+/// and how to reopen it when it closes.
+pub struct Intercepted {
+    /// The server's TLS stream.
+    pub upstream: Box<dyn Transport>,
+    /// Redials the server over TLS.
+    pub secure: Secure,
+}
+
 /// Serves HTTP on a steered connection until either side is done; the
-/// server is connected to once a request head has arrived. Returns how the
-/// connection ended, for the flow log line.
+/// server is connected to once a request head has arrived (cleartext), or
+/// already is (`tls`: the same exchanges over the client's and the server's
+/// TLS streams). Returns how the connection ended, for the flow log line.
 pub async fn serve(
     client: Box<dyn Transport>,
-    peer: SocketAddr,
-    dst: SocketAddr,
+    (peer, dst): (SocketAddr, SocketAddr),
+    tls: Option<Intercepted>,
     hx: &HttpContext,
     counts: &Counts,
 ) -> String {
     // Heads and bodies go out as separate writes; with Nagle on, the peer's
     // delayed ACK turns each small response into a 40 ms wait.
     let _ = client.tcp().set_nodelay(true);
-    run(Flow::new(hx, client, peer, dst, counts)).await
-}
-
-/// Serves HTTP inside an intercepted TLS flow: the same exchanges as
-/// [`serve`], over the client's and the server's TLS streams. A server
-/// connection that closes is reopened through `secure.redial`.
-pub async fn serve_tls(
-    client: Box<dyn Transport>,
-    upstream: Box<dyn Transport>,
-    secure: Secure,
-    peer: SocketAddr,
-    dst: SocketAddr,
-    hx: &HttpContext,
-    counts: &Counts,
-) -> String {
-    let _ = client.tcp().set_nodelay(true);
-    run(Flow::new(hx, client, peer, dst, counts).intercepted(upstream, secure)).await
+    let flow = Flow::new(hx, client, peer, dst, counts);
+    run(match tls {
+        Some(t) => flow.intercepted(t.upstream, t.secure),
+        None => flow,
+    })
+    .await
 }
 
 async fn run(mut flow: Flow<'_>) -> String {

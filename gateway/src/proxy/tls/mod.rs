@@ -195,7 +195,8 @@ async fn intercept(
     let redial =
         Arc::new(Origin { upstream: tls.upstream.clone(), dialer: ctx.shared.dialer.clone(), sni: sni.clone(), wait });
     let secure = Secure { sni, upstream_subject: up.subject, redial };
-    http::serve_tls(Box::new(stream), Box::new(up.stream), secure, peer, dst, &ctx.http, counts).await
+    let tls = http::Intercepted { upstream: Box::new(up.stream), secure };
+    http::serve(Box::new(stream), (peer, dst), Some(tls), &ctx.http, counts).await
 }
 
 /// Relays the flow unread; the ClientHello is still in the socket (it was

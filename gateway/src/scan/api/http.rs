@@ -18,7 +18,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use super::ApiUrl;
 use crate::{
-    scan::backend::Body,
+    scan::{backend::Body, idle::Reusable},
     verdict::{ErrorKind, Verdict},
     wire::ChunkedDecoder,
 };
@@ -32,19 +32,12 @@ pub(super) enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Stream {
-    fn tcp(&self) -> &TcpStream {
+impl Reusable for Stream {
+    fn socket(&self) -> socket2::SockRef<'_> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Plain(s) => socket2::SockRef::from(s),
+            Stream::Tls(s) => socket2::SockRef::from(s.get_ref().0),
         }
-    }
-
-    /// Still open with nothing unread (a kept connection the server closed
-    /// shows EOF).
-    pub(super) fn is_usable(&self) -> bool {
-        let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        matches!(socket2::SockRef::from(self.tcp()).peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 }
 

@@ -20,6 +20,7 @@ use self::http::Stream;
 use super::{
     ScanMeta,
     backend::{Backend, Body, BoxFuture, Slots},
+    idle::Idle,
 };
 use crate::verdict::{ErrorKind, Verdict};
 
@@ -100,7 +101,7 @@ pub struct ApiClient {
     io_timeout: Duration,
     slots: Slots,
     max: usize,
-    idle: std::sync::Mutex<Vec<Stream>>,
+    idle: Idle<Stream>,
 }
 
 /// The TLS client configuration: the system's authorities and `ca_file`.
@@ -155,30 +156,13 @@ pub fn members(cfg: &crate::scan::settings::Scan) -> anyhow::Result<Vec<Box<dyn 
                 io_timeout: cfg.io_timeout.0,
                 slots: Slots::new(cfg.queue_timeout.0),
                 max: max.max(1),
-                idle: std::sync::Mutex::default(),
+                idle: Idle::new(max.max(1), Duration::MAX),
             }) as Box<dyn Backend>
         })
         .collect())
 }
 
 impl ApiClient {
-    fn take_idle(&self) -> Option<Stream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(s) = idle.pop() {
-            if s.is_usable() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    fn put_back(&self, s: Stream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < self.max {
-            idle.push(s);
-        }
-    }
-
     async fn connect(&self) -> Result<Stream, Verdict> {
         let addr = format!("{}:{}", self.url.authority_host(), self.url.port);
         http::connect(&addr, &self.url, self.tls.as_ref(), self.io_timeout).await
@@ -192,12 +176,9 @@ impl ApiClient {
         };
         let run = async {
             loop {
-                let (mut stream, reused) = match self.take_idle() {
-                    Some(s) => (s, true),
-                    None => match self.connect().await {
-                        Ok(s) => (s, false),
-                        Err(v) => return v,
-                    },
+                let (mut stream, reused) = match self.idle.take_or(self.connect()).await {
+                    Ok(s) => s,
+                    Err(v) => return v,
                 };
                 let req = http::Request {
                     url: &self.url,
@@ -208,7 +189,7 @@ impl ApiClient {
                 match http::scan(&mut stream, &req, body).await {
                     Ok((verdict, keep)) => {
                         if keep {
-                            self.put_back(stream);
+                            self.idle.put(stream);
                         }
                         return verdict;
                     }
@@ -245,7 +226,7 @@ impl Backend for ApiClient {
         Box::pin(async {
             match self.connect().await {
                 Ok(s) => {
-                    self.put_back(s);
+                    self.idle.put(s);
                     Ok(format!("{} reachable", self.url.url))
                 }
                 Err(Verdict::Error { message, .. }) => Err(message),

@@ -1,7 +1,6 @@
 //! A connection to clamd over a Unix socket or TCP, as one stream type.
 
 use std::{
-    mem::MaybeUninit,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -11,6 +10,8 @@ use tokio::{
     net::{TcpStream, UnixStream},
 };
 
+use crate::scan::idle::Reusable;
+
 /// A connection to clamd, in session mode.
 #[derive(Debug)]
 pub(super) enum Conn {
@@ -18,15 +19,12 @@ pub(super) enum Conn {
     Tcp(TcpStream),
 }
 
-impl Conn {
-    /// Still open with nothing unread: a session clamd closed shows EOF here.
-    pub(super) fn is_usable(&self) -> bool {
-        let sock = match self {
+impl Reusable for Conn {
+    fn socket(&self) -> socket2::SockRef<'_> {
+        match self {
             Conn::Unix(s) => socket2::SockRef::from(s),
             Conn::Tcp(s) => socket2::SockRef::from(s),
-        };
-        let mut b = [MaybeUninit::<u8>::uninit(); 1];
-        matches!(sock.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        }
     }
 }
 

@@ -23,11 +23,7 @@
 mod conn;
 mod instream;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use clamav_client::tokio::{Socket, Tcp};
 use tokio::{
@@ -43,6 +39,7 @@ use self::{
 use super::{
     ScanMeta,
     backend::{Backend, Body, BoxFuture, Slots},
+    idle::Idle,
 };
 use crate::verdict::{ErrorKind, Verdict};
 
@@ -121,7 +118,7 @@ const FALLBACK_SLOTS: usize = 10;
 pub struct Clamd {
     addr: ClamdAddr,
     io_timeout: Duration,
-    idle: Arc<Mutex<Vec<(Conn, Instant)>>>,
+    idle: Arc<Idle<Conn>>,
     /// `scan.max_scans` (0: from clamd's MaxThreads).
     max_scans: usize,
     slots: Arc<Slots>,
@@ -132,7 +129,13 @@ impl Clamd {
     /// write; at most `max_scans` in flight (0: twice clamd's MaxThreads),
     /// waiting up to `queue_timeout` for a slot.
     pub fn new(addr: ClamdAddr, io_timeout: Duration, max_scans: usize, queue_timeout: Duration) -> Clamd {
-        Clamd { addr, io_timeout, idle: Arc::default(), max_scans, slots: Arc::new(Slots::new(queue_timeout)) }
+        Clamd {
+            addr,
+            io_timeout,
+            idle: Arc::new(Idle::new(POOL, MAX_IDLE)),
+            max_scans,
+            slots: Arc::new(Slots::new(queue_timeout)),
+        }
     }
 
     /// Slots in total and in use.
@@ -202,17 +205,14 @@ impl Clamd {
             Err(v) => return v,
         };
         loop {
-            let (mut conn, reused) = match self.take_idle() {
-                Some(c) => (c, true),
-                None => match self.connect().await {
-                    Ok(c) => (c, false),
-                    Err(v) => return v,
-                },
+            let (mut conn, reused) = match self.idle.take_or(self.connect()).await {
+                Ok(c) => c,
+                Err(v) => return v,
             };
             match instream(&mut conn, !reused, body, self.io_timeout).await {
                 Attempt::Answered(verdict, reusable) => {
                     if reusable {
-                        self.put_idle(conn);
+                        self.idle.put(conn);
                     }
                     return verdict;
                 }
@@ -255,23 +255,6 @@ impl Clamd {
                     ));
                 }
             }
-        }
-    }
-
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((conn, since)) = idle.pop() {
-            if since.elapsed() < MAX_IDLE && conn.is_usable() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, conn: Conn) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < POOL {
-            idle.push((conn, Instant::now()));
         }
     }
 }

@@ -36,6 +36,7 @@ use self::{
 use super::{
     Direction, ScanMeta,
     backend::{Backend, Body, BoxFuture, Slots},
+    idle::{Idle, Reusable},
 };
 use crate::{
     verdict::{ErrorKind, Verdict},
@@ -139,13 +140,9 @@ struct Conn {
     buf: Vec<u8>,
 }
 
-impl Conn {
-    /// Still open with nothing unread: a connection the service closed
-    /// while it was idle shows EOF here.
-    fn is_usable(&self) -> bool {
-        let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        matches!(socket2::SockRef::from(self.stream.get_ref()).peek(&mut b),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+impl Reusable for Conn {
+    fn socket(&self) -> socket2::SockRef<'_> {
+        socket2::SockRef::from(self.stream.get_ref())
     }
 }
 
@@ -155,7 +152,7 @@ pub struct IcapService {
     url: ServiceUrl,
     settings: IcapSettings,
     options: Mutex<Option<(ServiceOptions, Instant)>>,
-    idle: Mutex<Vec<Conn>>,
+    idle: Idle<Conn>,
     slots: Slots,
 }
 
@@ -229,7 +226,7 @@ impl IcapService {
         Ok(IcapService {
             url: ServiceUrl::parse(url)?,
             options: Mutex::new(None),
-            idle: Mutex::new(Vec::new()),
+            idle: Idle::new(settings.max_connections, Duration::MAX),
             slots: Slots::new(settings.queue_timeout),
             settings,
         })
@@ -255,7 +252,7 @@ impl IcapService {
     /// ISTag is seen at once).
     pub async fn fresh_options(&self) -> Result<ServiceOptions, Verdict> {
         let t = self.settings.io_timeout;
-        let mut conn = self.connect().await?;
+        let (mut conn, _) = self.idle.take_or(self.connect()).await?;
         let uri = self.url.url.as_str();
         let head = wire::request_head("OPTIONS", uri, &self.url.host, &[], &Encapsulated::default());
         match timeout(t, conn.stream.write_all(&head)).await {
@@ -297,12 +294,9 @@ impl IcapService {
         };
         let preview = opts.preview_for(&req.name).filter(|_| opts.allow_204);
         loop {
-            let (mut conn, reused) = match self.take_idle() {
-                Some(c) => (c, true),
-                None => match self.connect().await {
-                    Ok(c) => (c, false),
-                    Err(v) => return v,
-                },
+            let (mut conn, reused) = match self.idle.take_or(self.connect()).await {
+                Ok(c) => c,
+                Err(v) => return v,
             };
             let mut sending = Sending { body: &mut *body, preview: Vec::new(), eof: false, sent: 0 };
             match self.exchange(&mut conn, req, preview, &mut sending, started).await {
@@ -325,20 +319,7 @@ impl IcapService {
         started + self.settings.deadline + self.settings.deadline_per_mib.mul_f64(mib)
     }
 
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(c) = idle.pop() {
-            if c.is_usable() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
     async fn connect(&self) -> Result<Conn, Verdict> {
-        if let Some(c) = self.take_idle() {
-            return Ok(c);
-        }
         match timeout(self.settings.io_timeout, TcpStream::connect(&self.url.authority)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
@@ -350,11 +331,9 @@ impl IcapService {
     }
 
     fn put_back(&self, conn: Conn) {
+        // Unread bytes would be taken for the next answer.
         if conn.buf.is_empty() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < self.settings.max_connections {
-                idle.push(conn);
-            }
+            self.idle.put(conn);
         }
     }
 
