@@ -111,15 +111,9 @@ pub fn validate_common(section: &str, listen: &str, max_connections: usize, max_
 }
 
 /// Accepts connections on `listener` until the task is dropped: each gets
-/// `handle` within the cap of `gate`, or `refuse` past it (both spawned).
-pub async fn accept<H, HF, R, RF>(
-    listener: TcpListener,
-    what: &str,
-    counters: &Counters,
-    gate: &Gate,
-    handle: H,
-    refuse: R,
-) where
+/// `handle` within the cap of `front`, or `refuse` past it (both spawned).
+pub async fn accept<H, HF, R, RF>(listener: TcpListener, front: &Front, handle: H, refuse: R)
+where
     H: Fn(TcpStream, SocketAddr) -> HF,
     HF: Future<Output = ()> + Send + 'static,
     R: Fn(TcpStream) -> RF,
@@ -130,15 +124,15 @@ pub async fn accept<H, HF, R, RF>(
             Ok(a) => a,
             Err(e) => {
                 // Out of descriptors and the like: wait rather than spin.
-                tracing::warn!("{what}: accept failed: {e}");
+                tracing::warn!("{}: accept failed: {e}", front.gate.what);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        Counters::bump(&counters.connections);
+        Counters::bump(&front.counters.connections);
         let _ = stream.set_nodelay(true);
-        let Some(permit) = gate.admit() else {
-            Counters::bump(&counters.refused);
+        let Some(permit) = front.gate.admit() else {
+            Counters::bump(&front.counters.refused);
             tokio::spawn(refuse(stream));
             continue;
         };
@@ -147,6 +141,36 @@ pub async fn accept<H, HF, R, RF>(
             conn.await;
             drop(permit);
         });
+    }
+}
+
+/// What every server keeps besides its own settings: where it listens, its
+/// connection cap, its counters and how it reads requests.
+pub struct Front {
+    /// Where it listens.
+    pub listen: String,
+    /// The connection cap.
+    pub gate: Gate,
+    /// Its counters.
+    pub counters: Counters,
+    /// Its read limits.
+    pub limits: read::Limits,
+}
+
+impl Front {
+    /// The front of the server named `what`, capped at `max_connections`.
+    pub fn new(what: &'static str, listen: &str, max_connections: usize, limits: read::Limits) -> Front {
+        Front {
+            listen: listen.to_string(),
+            gate: Gate::new(max_connections, what),
+            counters: Counters::default(),
+            limits,
+        }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        self.counters.snapshot(&self.listen, self.gate.active())
     }
 }
 
@@ -234,7 +258,10 @@ impl Servers {
 
     /// The servers' counters now.
     pub fn report(&self) -> ServersReport {
-        ServersReport { icap: self.icap.as_ref().map(|s| s.snapshot()), api: self.api.as_ref().map(|s| s.snapshot()) }
+        ServersReport {
+            icap: self.icap.as_ref().map(|s| s.front.snapshot()),
+            api: self.api.as_ref().map(|s| s.front.snapshot()),
+        }
     }
 }
 

@@ -200,7 +200,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             Ok(None) => return false,
             Err(f) => return self.send_fail(f).await,
         };
-        Counters::bump(&self.server.counters.requests);
+        Counters::bump(&self.server.front.counters.requests);
         let result = match parse_head(&raw) {
             Ok(head) => self.request(&head).await.map(|body| (body, head.close)),
             Err(f) => Err(f),
@@ -331,7 +331,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         let subject = Subject::new(TransferKind::ApiScan, self.peer, SocketAddr::from(([0, 0, 0, 0], 0)), name.into());
         // The decision writes the detection record and remembers the body.
         let _ = self.server.scanner.decider().decide(&subject, &outcome, 0);
-        let c = &self.server.counters;
+        let c = &self.server.front.counters;
         let viruses: Vec<VirusFound> = match &outcome.verdict {
             Verdict::Clean => Vec::new(),
             Verdict::Infected { threats, .. } => {
@@ -360,12 +360,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     }
 
     async fn fill(&mut self) -> Result<(), Fail> {
-        let limits = self.server.limits();
+        let limits = self.server.front.limits;
         read::fill(&mut self.stream, &mut self.buf, limits).await.map_err(read_fail)
     }
 
     async fn read_head(&mut self) -> Result<Option<Bytes>, Fail> {
-        let limits = self.server.limits();
+        let limits = self.server.front.limits;
         read::head(&mut self.stream, &mut self.buf, limits).await.map_err(read_fail)
     }
 
@@ -384,7 +384,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
     /// Answers an error; `true` if the connection goes on.
     async fn send_fail(&mut self, f: Fail) -> bool {
         tracing::info!("API client {}: {}: {}", self.peer, f.status, f.message);
-        let c = &self.server.counters;
+        let c = &self.server.front.counters;
         Counters::bump(if f.status == 503 { &c.blocked } else { &c.errors });
         let out = json_response(f.status, reason(f.status), &error_json(&f.message), f.close);
         let sent = self.write(&out).await;

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use self::settings::ApiServer as Settings;
-use super::{Counters, Gate, Snapshot};
+use super::Front;
 use crate::scan::Scanner;
 
 /// The API server: settings, key, TLS, the scanning core, counters.
@@ -31,8 +31,8 @@ pub struct Server {
     key: Option<String>,
     tls: Option<TlsAcceptor>,
     scanner: Arc<Scanner>,
-    gate: Gate,
-    counters: Counters,
+    /// Listener, cap, counters, read limits.
+    pub front: Front,
 }
 
 impl Server {
@@ -52,23 +52,8 @@ impl Server {
             key,
             tls,
             scanner,
-            gate: Gate::new(cfg.max_connections, "API server"),
-            counters: Counters::default(),
+            front: Front::new("API server", &cfg.listen, cfg.max_connections, limits(cfg)),
         })
-    }
-
-    /// The counters now.
-    pub fn snapshot(&self) -> Snapshot {
-        self.counters.snapshot(&self.cfg.listen, self.gate.active())
-    }
-
-    /// How its connections read requests.
-    pub(super) fn limits(&self) -> crate::serve::read::Limits {
-        crate::serve::read::Limits {
-            max_head: self.cfg.max_head.0 as usize,
-            idle: self.cfg.idle_timeout.0,
-            io: self.cfg.io_timeout.0,
-        }
     }
 }
 
@@ -102,7 +87,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
         let server = refuse_with.clone();
         async move { refuse(stream, &server).await }
     };
-    super::accept(listener, "API server", &server.counters, &server.gate, handle, refuse).await;
+    super::accept(listener, &server.front, handle, refuse).await;
 }
 
 async fn handle(stream: TcpStream, peer: std::net::SocketAddr, server: &Server) {
@@ -138,4 +123,9 @@ async fn refuse(stream: TcpStream, server: &Server) {
         }
     })
     .await;
+}
+
+/// How the server's connections read requests.
+fn limits(cfg: &Settings) -> crate::serve::read::Limits {
+    crate::serve::read::Limits { max_head: cfg.max_head.0 as usize, idle: cfg.idle_timeout.0, io: cfg.io_timeout.0 }
 }

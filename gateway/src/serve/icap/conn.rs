@@ -69,7 +69,7 @@ impl<'a> Conn<'a> {
             Ok(None) => return Next::Close,
             Err(r) => return self.fail(r).await,
         };
-        Counters::bump(&self.server.counters.requests);
+        Counters::bump(&self.server.front.counters.requests);
         let req = match request::parse(&head) {
             Ok(r) => r,
             Err(r) => return self.fail(r).await,
@@ -95,13 +95,13 @@ impl<'a> Conn<'a> {
 
     /// Reads more bytes; the peer leaving or stalling is an error here.
     pub(super) async fn fill(&mut self) -> Result<(), Refused> {
-        let limits = self.server.limits();
+        let limits = self.server.front.limits;
         read::fill(&mut self.stream, &mut self.buf, limits).await.map_err(refused)
     }
 
     /// The next request head; `None` when the client is done (EOF or idle).
     async fn read_head(&mut self) -> Result<Option<bytes::Bytes>, Refused> {
-        let limits = self.server.limits();
+        let limits = self.server.front.limits;
         read::head(&mut self.stream, &mut self.buf, limits).await.map_err(refused)
     }
 
@@ -125,7 +125,7 @@ impl<'a> Conn<'a> {
     async fn fail(&mut self, r: Refused) -> Next {
         let (code, _) = r.status.line();
         tracing::info!("ICAP client {}: {code}: {}", self.peer, r.why);
-        Counters::bump(&self.server.counters.errors);
+        Counters::bump(&self.server.front.counters.errors);
         let out = respond::error(r.status, &self.server.istag(), &r.why);
         self.send(&out, true).await;
         read::linger(&mut self.stream).await;
@@ -138,7 +138,7 @@ impl<'a> Conn<'a> {
         let subject = self.subject(req, &heads);
         let Some(_) = req.sections.body else {
             // Nothing to scan: the message goes on as it is.
-            Counters::bump(&self.server.counters.clean);
+            Counters::bump(&self.server.front.counters.clean);
             let out = self.unchanged(req, &heads, None);
             return Ok(self.send(&out, req.close).await);
         };
@@ -239,7 +239,7 @@ impl<'a> Conn<'a> {
             let out = self.block_page(subject, &decision, req.close);
             return Ok(self.send(&out, req.close).await);
         }
-        Counters::bump(&self.server.counters.clean);
+        Counters::bump(&self.server.front.counters.clean);
         if may_204 {
             return Ok(self.send(&respond::no_content(&self.server.istag()), req.close).await);
         }
@@ -280,14 +280,14 @@ impl<'a> Conn<'a> {
             return Err(Refused { status: Status::TooLarge, why: why.into() });
         }
         body::read(self, &mut Sink::Discard).await?;
-        Counters::bump(&self.server.counters.clean);
+        Counters::bump(&self.server.front.counters.clean);
         let _ = heads;
         Ok(self.send(&respond::no_content(&self.server.istag()), req.close).await)
     }
 
     fn block_page(&self, subject: &Subject, decision: &Decision, close: bool) -> Vec<u8> {
         let Decision::Block { reason, threats, class, .. } = decision else { return Vec::new() };
-        let c = &self.server.counters;
+        let c = &self.server.front.counters;
         Counters::bump(if *class == BlockClass::Infected { &c.infected } else { &c.blocked });
         let client = subject.client.ip().to_string();
         let info = PageInfo { url: &subject.object, reason, threats, client: &client, id: &subject.id };

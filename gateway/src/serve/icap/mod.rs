@@ -22,7 +22,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 
 use self::settings::IcapServer as Settings;
-use super::{Counters, Gate, Snapshot};
+use super::Front;
 use crate::{proxy::http::page::BlockPage, scan::Scanner};
 
 /// The statuses the server answers with.
@@ -79,8 +79,8 @@ pub struct Server {
     cfg: Settings,
     scanner: Arc<Scanner>,
     page: BlockPage,
-    gate: Gate,
-    counters: Counters,
+    /// Listener, cap, counters, read limits.
+    pub front: Front,
     /// The ISTag and when it was worked out (every answer carries it).
     istag: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
@@ -92,27 +92,12 @@ impl Server {
         let page = BlockPage::load(&cfg.block_page)
             .with_context(|| format!("reading icap_server.block_page {}", cfg.block_page.display()))?;
         Ok(Server {
-            gate: Gate::new(cfg.max_connections, "ICAP server"),
+            front: Front::new("ICAP server", &cfg.listen, cfg.max_connections, limits(cfg)),
             cfg: cfg.clone(),
             scanner,
             page,
-            counters: Counters::default(),
             istag: std::sync::Mutex::new(None),
         })
-    }
-
-    /// The counters now.
-    pub fn snapshot(&self) -> Snapshot {
-        self.counters.snapshot(&self.cfg.listen, self.gate.active())
-    }
-
-    /// How its connections read requests.
-    pub(super) fn limits(&self) -> crate::serve::read::Limits {
-        crate::serve::read::Limits {
-            max_head: self.cfg.max_head.0 as usize,
-            idle: self.cfg.idle_timeout.0,
-            io: self.cfg.io_timeout.0,
-        }
     }
 
     /// The ISTag: a digest of what the scanners said of their engine and
@@ -152,7 +137,7 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>) {
         async move { conn::Conn::new(stream, peer, &server).run().await }
     };
     let refuse = move |stream| refuse(stream, refuse_with.clone());
-    super::accept(listener, "ICAP server", &server.counters, &server.gate, handle, refuse).await;
+    super::accept(listener, &server.front, handle, refuse).await;
 }
 
 /// The answer of a full server: 503, then the connection closes.
@@ -160,4 +145,9 @@ async fn refuse(mut stream: TcpStream, server: Arc<Server>) {
     use tokio::io::AsyncWriteExt as _;
     let out = respond::error(Status::Overloaded, &server.istag(), "too many connections");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stream.write_all(&out)).await;
+}
+
+/// How the server's connections read requests.
+fn limits(cfg: &Settings) -> crate::serve::read::Limits {
+    crate::serve::read::Limits { max_head: cfg.max_head.0 as usize, idle: cfg.idle_timeout.0, io: cfg.io_timeout.0 }
 }
