@@ -32,7 +32,8 @@ fn scrape_when_idle(rig: &Rig, gw: &Gateway) -> anyhow::Result<String> {
 
 #[test]
 fn prometheus_scrapes_the_gateway_series() -> anyhow::Result<()> {
-    let mut env = Web::start("mprom", "")?;
+    // XDP attached with nothing to drop, so that its counters count.
+    let mut env = Web::with("mprom", &WebSettings { steering: "xdp_mode = \"skb\"", ..WebSettings::default() })?;
     random_file(&env.nginx.www.join("1m"), 1 << 20, 7)?;
     let prom = Prometheus::start(&mut env.rig, Ns::Gateway, GATEWAY_METRICS)?;
     prom.wait_value(&env.rig, "up{job=\"gateway\"}", 1.0)?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use tests::{
     Gateway, Ns, Rig,
-    gateway::{NO_SCAN, Settings},
+    gateway::{NO_SCAN, Settings, config},
     nginx::Nginx,
     rig::{CLIENT_IFACE, CLIENT_V4, CLIENT_V6, GW_SERVER_V4, GW_SERVER_V6, SERVER_V4, SERVER_V6},
     util::{random_file, sha256_file, wait_for},
@@ -21,6 +21,14 @@ fn relay_only(steering: &str) -> Settings<'_> {
 }
 
 use tests::util::output_text as text;
+
+/// XDP attached whether or not it has anything to drop.
+const XDP_ALWAYS: &str = "xdp_mode = \"skb\"";
+
+/// Whether an XDP program is attached to the rig's client-facing link.
+fn xdp_attached(rig: &Rig) -> anyhow::Result<bool> {
+    Ok(text(&rig.ip(Ns::Gateway, &format!("-d link show {CLIENT_IFACE}"))?).contains("xdpgeneric"))
+}
 
 /// GETs `url` into `dest` in the rig dir and returns its sha256.
 fn download(rig: &Rig, url: &str, dest: &str, extra: &[&str]) -> anyhow::Result<String> {
@@ -100,7 +108,8 @@ fn unsteered_port_udp_and_icmp_are_forwarded_untouched() -> anyhow::Result<()> {
     let mut rig = Rig::new("fwd")?;
     let nginx = Nginx::start(&mut rig, &[80, 8080], 0)?;
     random_file(&nginx.www.join("f"), 1000, 1)?;
-    let gw = Gateway::start(&mut rig, &relay_only(""))?;
+    // "skb": XDP attached (and counting) with nothing to drop.
+    let gw = Gateway::start(&mut rig, &relay_only(XDP_ALWAYS))?;
 
     download(&rig, &format!("http://{SERVER_V4}:8080/f"), "f", &[])?;
     assert_eq!(nginx.last_peer("/f")?, CLIENT_V4, "port 8080 must not be steered");
@@ -226,7 +235,7 @@ fn teardown(signal: i32, tag: &str) -> anyhow::Result<()> {
     let mut rig = Rig::new(tag)?;
     let nginx = Nginx::start(&mut rig, &[80], 0)?;
     random_file(&nginx.www.join("f"), 1000, 1)?;
-    let gw = Gateway::start(&mut rig, &relay_only(""))?;
+    let gw = Gateway::start(&mut rig, &relay_only(XDP_ALWAYS))?;
     let link = text(&rig.ip(Ns::Gateway, &format!("-d link show {CLIENT_IFACE}"))?);
     assert!(link.contains("xdpgeneric"), "XDP program not attached: {link}");
     download(&rig, &format!("http://{SERVER_V4}/f"), "a", &[])?;
@@ -315,5 +324,37 @@ for r in range(3):
     );
     assert_eq!(nginx.last_peer("/f")?, GW_SERVER_V4);
     assert!(gw.counter("/kernel/steer/time_wait_reused/packets")? >= 2);
+    Ok(())
+}
+
+/// `xdp_mode = "auto"` (the default): no XDP program while there is nothing
+/// to drop, so forwarded traffic is not copied for it; a reload that adds a
+/// block prefix attaches it (the prefix is dropped, others pass), and one
+/// that empties the list detaches it again.
+#[test]
+fn auto_xdp_is_attached_only_while_there_is_something_to_drop() -> anyhow::Result<()> {
+    let mut rig = Rig::new("xdpa")?;
+    let nginx = Nginx::start(&mut rig, &[80], 0)?;
+    random_file(&nginx.www.join("f"), 1000, 1)?;
+    let gw = Gateway::start(&mut rig, &relay_only(""))?;
+    assert!(!xdp_attached(&rig)?, "XDP attached with nothing to drop");
+    let ping = |rig: &Rig| rig.run(Ns::Client, "ping", &["-c", "1", "-W", "2", "-I", "198.18.0.4", SERVER_V4]);
+    assert!(ping(&rig)?.status.success(), "ping before any block list");
+
+    let conf = rig.dir().join("gateway.toml");
+    std::fs::write(&conf, config(&rig, &relay_only("block = [\"198.18.0.4/32\"]")))?;
+    let answer = gw.reload()?;
+    ensure!(answer.starts_with("ok"), "{answer}");
+    assert!(xdp_attached(&rig)?, "a block list did not attach XDP");
+    assert!(!ping(&rig)?.status.success(), "a blocked client's ping got through");
+    assert!(gw.counter("/kernel/xdp/blocked/packets")? >= 1);
+    download(&rig, &format!("http://{SERVER_V4}/f"), "a", &[])?;
+    assert_eq!(nginx.last_peer("/f")?, GW_SERVER_V4, "other clients are still steered");
+
+    std::fs::write(&conf, config(&rig, &relay_only("")))?;
+    let answer = gw.reload()?;
+    ensure!(answer.starts_with("ok"), "{answer}");
+    assert!(!xdp_attached(&rig)?, "XDP left attached after the block list emptied");
+    assert!(ping(&rig)?.status.success(), "still blocked after the block list emptied");
     Ok(())
 }

@@ -74,19 +74,21 @@ struct Figures {
     close: (f64, f64, f64),
 }
 
-fn measure(rig: &Rig, big: &str, upload: &str, seconds: u32) -> anyhow::Result<Figures> {
+/// The figures against `server` (`host` or `host:port`).
+fn measure(rig: &Rig, server: &str, big: &str, upload: &str, seconds: u32) -> anyhow::Result<Figures> {
     Ok(Figures {
-        down: transfer(rig, &format!("http://{SERVER_V4}/{big}"), None)?,
-        up: transfer(rig, &format!("http://{SERVER_V4}/sink"), Some(upload))?,
-        ka: rate(rig, &format!("http://{SERVER_V4}/1k.bin"), seconds, true)?,
-        close: rate(rig, &format!("http://{SERVER_V4}/1k.bin"), seconds, false)?,
+        down: transfer(rig, &format!("http://{server}/{big}"), None)?,
+        up: transfer(rig, &format!("http://{server}/sink"), Some(upload))?,
+        ka: rate(rig, &format!("http://{server}/1k.bin"), seconds, true)?,
+        close: rate(rig, &format!("http://{server}/1k.bin"), seconds, false)?,
     })
 }
 
 /// Steered relay vs direct forwarding.
 pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
     let mut rig = Rig::new("bench")?;
-    let nginx = Nginx::start(&mut rig, &[80], 1)?;
+    // 8080 is not steered: what the programs cost traffic they pass on.
+    let nginx = Nginx::start(&mut rig, &[80, 8080], 1)?;
     let big = format!("{mib}m.bin");
     random_file(&nginx.www.join(&big), mib << 20, 1)?;
     random_file(&nginx.www.join("1k.bin"), 1024, 2)?;
@@ -94,32 +96,44 @@ pub fn relay(mib: u64, seconds: u32) -> anyhow::Result<()> {
     let upload = upload.to_string_lossy().to_string();
 
     eprintln!("bench relay: direct forwarding ({RUNS} runs per bulk figure, {seconds}s per rate)");
-    let direct = measure(&rig, &big, &upload, seconds)?;
+    let direct = measure(&rig, SERVER_V4, &big, &upload, seconds)?;
     eprintln!("bench relay: through the gateway");
     let gw =
         Gateway::start(&mut rig, &tests::gateway::Settings { http: tests::gateway::NO_SCAN, ..Default::default() })?;
-    let steered = measure(&rig, &big, &upload, seconds)?;
+    let steered = measure(&rig, SERVER_V4, &big, &upload, seconds)?;
     let flows = gw.counter("/proxy/flows_total")?;
+    eprintln!("bench relay: port 8080 (not steered) while the gateway runs");
+    let passed = measure(&rig, &format!("{SERVER_V4}:8080"), &big, &upload, seconds)?;
     gw.stop(&mut rig, libc::SIGTERM)?;
     ensure!(flows > 0, "the gateway relayed no flow: the steered figures would be direct ones");
 
-    println!("\n| figure | direct forwarding | steered relay | ratio |");
-    println!("|---|---|---|---|");
-    println!(
-        "| {mib} MiB download, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |",
-        direct.down,
-        steered.down,
-        steered.down / direct.down
-    );
-    println!(
-        "| {mib} MiB upload, MiB/s (median of {RUNS}) | {:.0} | {:.0} | {:.2}× |",
-        direct.up,
-        steered.up,
-        steered.up / direct.up
-    );
-    for (name, d, s) in [("keep-alive", direct.ka, steered.ka), ("new connection each", direct.close, steered.close)] {
-        println!("| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× |", d.0, s.0, s.0 / d.0);
-        println!("| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | |", d.1, d.2, s.1, s.2);
+    println!("\n| figure | direct forwarding | steered relay | ratio | not steered (8080), gateway running | ratio |");
+    println!("|---|---|---|---|---|---|");
+    let bulk = |what: &str, d: f64, s: f64, p: f64| {
+        println!(
+            "| {mib} MiB {what}, MiB/s (median of {RUNS}) | {d:.0} | {s:.0} | {:.2}× | {p:.0} | {:.2}× |",
+            s / d,
+            p / d
+        );
+    };
+    bulk("download", direct.down, steered.down, passed.down);
+    bulk("upload", direct.up, steered.up, passed.up);
+    for (name, d, s, p) in [
+        ("keep-alive", direct.ka, steered.ka, passed.ka),
+        ("new connection each", direct.close, steered.close, passed.close),
+    ] {
+        println!(
+            "| 1 KiB requests/s, {name} (wrk 16 conns) | {:.0} | {:.0} | {:.2}× | {:.0} | {:.2}× |",
+            d.0,
+            s.0,
+            s.0 / d.0,
+            p.0,
+            p.0 / d.0
+        );
+        println!(
+            "| 1 KiB latency p50 / p99 ms, {name} | {:.2} / {:.2} | {:.2} / {:.2} | | {:.2} / {:.2} | |",
+            d.1, d.2, s.1, s.2, p.1, p.2
+        );
     }
     println!("\n(flows relayed by the gateway during the steered run: {flows})");
     Ok(())

@@ -46,7 +46,7 @@ pub fn ftp(mib: u64, squid: bool) -> anyhow::Result<()> {
     let gw = Gateway::start(&mut rig, &Settings { scan: &scan, ..Settings::default() })?;
     let g_get = curl_rate(&rig, &["-o", "/dev/null", &get], "%{speed_download}")?;
     let g_put = curl_rate(&rig, &["-T", &up, &put], "%{speed_upload}")?;
-    let scanned = gw.log_text().lines().filter(|l| l.contains(" ftp] ") && l.contains("verdict=clean")).count();
+    let scanned = gw.log_text().lines().filter(|l| l.contains(" ftp: ") && l.contains("verdict=clean")).count();
     gw.stop(&mut rig, libc::SIGTERM)?;
     ensure!(scanned == 2, "expected 2 scanned transfers in the gateway log, found {scanned}");
 

@@ -166,7 +166,10 @@ pub fn run() -> anyhow::Result<()> {
         println!("  {r}");
     }
     println!("\nrequest and transfer log:");
-    for l in gw.log_text().lines().filter(|l| l.contains(" http] ") || l.contains(" ftp] ")) {
+    let log = gw.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" http: ") || l.contains(" ftp: ")).collect();
+    anyhow::ensure!(!lines.is_empty(), "the gateway logged no request or transfer: {log}");
+    for l in lines {
         println!("  {l}");
     }
     gw.stop(&mut rig, libc::SIGTERM).context("stopping the gateway")?;

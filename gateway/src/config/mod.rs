@@ -214,7 +214,7 @@ mod tests {
     fn defaults_apply() {
         let c = parse("[steering]\ninterfaces = [\"lo\"]\n").unwrap();
         assert_eq!(c.steering.http_ports, vec![80]);
-        assert_eq!(c.steering.xdp_mode, XdpMode::Skb);
+        assert_eq!(c.steering.xdp_mode, XdpMode::Auto);
     }
 
     /// The documented example must parse and match the built-in defaults,

@@ -275,15 +275,7 @@ impl Steering {
         links::prune(&self.pins, "tc", &cfg.interfaces)?;
         let lookup: &mut SkLookup = program(ebpf, "reuse")?;
         links::sk_lookup(lookup, &self.pins)?;
-        let xdp_ifaces: &[String] = if cfg.xdp_mode == XdpMode::Off { &[] } else { &cfg.interfaces };
-        if cfg.xdp_mode != XdpMode::Off {
-            let mode = if cfg.xdp_mode == XdpMode::Native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
-            let xdp: &mut Xdp = program(ebpf, "filter")?;
-            for iface in &cfg.interfaces {
-                links::xdp(xdp, &self.pins, iface, mode)?;
-            }
-        }
-        links::prune(&self.pins, "xdp", xdp_ifaces)
+        attach_xdp(ebpf, &self.pins, cfg)
     }
 
     /// Makes this process's listeners the ones new flows go to, and this
@@ -299,7 +291,11 @@ impl Steering {
     /// Rewrites the configuration in the maps (reload); ports, prefixes
     /// and flags change for the next packet, the programs stay.
     pub fn reconfigure(&self, cfg: &Settings) -> Result<(), SteeringError> {
-        apply::apply(&mut self.ebpf(), cfg)
+        let mut ebpf = self.ebpf();
+        apply::apply(&mut ebpf, cfg)?;
+        // `auto` attaches XDP once a block list appears and detaches it
+        // when the list empties.
+        attach_xdp(&mut ebpf, &self.pins, cfg)
     }
 
     /// Gives up ownership on a clean exit, if this process still has it
@@ -390,4 +386,24 @@ where
         .ok_or(SteeringError::Missing(name))?
         .try_into()
         .map_err(prog_err(&format!("finding the {name} program")))
+}
+
+/// The XDP filter on every configured interface while it is attached under
+/// `cfg` ([`Settings::xdp_attached`]), on none otherwise (pinned links of
+/// interfaces it no longer runs on go).
+fn attach_xdp(ebpf: &mut Ebpf, pins: &Pins, cfg: &Settings) -> Result<(), SteeringError> {
+    let on = cfg.xdp_attached();
+    if on {
+        let mode = if cfg.xdp_mode == XdpMode::Native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
+        let xdp: &mut Xdp = program(ebpf, "filter")?;
+        for iface in &cfg.interfaces {
+            links::xdp(xdp, pins, iface, mode)?;
+        }
+    }
+    match (on, cfg.xdp_mode) {
+        (true, mode) => info!("XDP filter on {:?} ({mode:?} mode)", cfg.interfaces),
+        (false, XdpMode::Auto) => info!("XDP filter not attached: nothing to drop (xdp_mode = \"auto\")"),
+        (false, _) => info!("XDP filter off (xdp_mode = \"off\")"),
+    }
+    links::prune(pins, "xdp", if on { &cfg.interfaces } else { &[] })
 }
