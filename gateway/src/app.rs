@@ -63,15 +63,36 @@ pub struct RunOptions {
 
 /// Runs the gateway until SIGTERM or SIGINT (and its drain).
 pub async fn run(mut config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    // First of all: a SIGTERM or SIGHUP that arrives while the gateway
+    // starts (systemd, a test, an admin) waits for the loop below instead of
+    // killing the process with the signal's default action.
+    let signals = Signals::new()?;
     preflight::check()?;
     fit_fd_limit(&mut config);
     let routing = routing_of(&config);
     routing.install().await.context("installing the policy routing for steered packets")?;
     info!("policy routing: fwmark {:#x} → table {} (priority {})", routing.fwmark, routing.table, routing.priority);
     let watch = tokio::spawn(watch_routing(routing));
-    let result = serve(config, &opts).await;
+    let result = serve(config, &opts, signals).await;
     watch.abort();
     result
+}
+
+/// The signals `gateway run` handles, registered before anything else.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 /// `gateway detach`: removes the pinned steering (its programs detach as
@@ -246,7 +267,7 @@ fn open_listener(kind: Kind, port: u16, v6: bool, taking_over: bool) -> anyhow::
     }
 }
 
-async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
+async fn serve(config: Config, opts: &RunOptions, signals: Signals) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::default());
     let shared = shared(&config, stats.clone())?;
     let mut steering = Steering::load(&config.steering, opts.takeover, config.log.ebpf)?;
@@ -294,9 +315,7 @@ async fn serve(config: Config, opts: &RunOptions) -> anyhow::Result<()> {
 
     let mut live =
         Live { config, steering: steering.clone(), current, stats: stats.clone(), path: opts.config_path.clone() };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let Signals { mut term, mut int, mut hup } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: draining"); break; }

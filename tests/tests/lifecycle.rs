@@ -238,3 +238,35 @@ fn json_log_lines_parse_and_carry_spans_and_the_programs_decisions() -> anyhow::
     assert!(request["span"]["id"].as_str().is_some_and(|id| !id.is_empty()), "{request}");
     Ok(())
 }
+
+/// Signals that arrive while the gateway starts wait for it: a SIGHUP as
+/// soon as the first line is logged, long before the gateway serves,
+/// neither kills it (the signal's default action) nor keeps it from
+/// coming up; a SIGTERM then drains and exits 0. (Found as a flaky exit
+/// status: the handlers used to be installed only once it served.)
+#[test]
+fn signals_during_start_up_are_not_fatal() -> anyhow::Result<()> {
+    let mut rig = Rig::new("lsig")?;
+    let nginx = Nginx::start(&mut rig, &[80], 0)?;
+    std::fs::write(nginx.www.join("hello"), "hello")?;
+    let conf = rig.dir().join("gateway.toml");
+    std::fs::write(&conf, config(&rig, &Settings { http: tests::gateway::NO_SCAN, ..Settings::default() }))?;
+    let mut cmd = rig.gateway_cmd(tests::gateway::binary()?)?;
+    cmd.args(["run", "--config"]).arg(&conf);
+    let log = rig.dir().join("gateway.log");
+    let pid = rig.spawn(cmd, &log)?;
+    let logged = |what: &str| std::fs::read_to_string(&log).is_ok_and(|t| t.contains(what));
+    wait_for("the first log line", Duration::from_secs(20), || logged("policy routing").then_some(()))?;
+    ensure!(!logged("gateway running"), "the gateway came up before the signal could be sent early");
+    // SAFETY: plain kill(2) on the gateway this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    wait_for("the gateway to serve", Duration::from_secs(20), || logged("gateway running").then_some(()))
+        .map_err(|e| anyhow::anyhow!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()))?;
+    let out = rig.curl(&["-sS", "-m", "10", &format!("http://{SERVER_V4}/hello")])?;
+    assert_eq!(text(&out), "hello");
+    assert_eq!(nginx.last_peer("/hello")?, GW_SERVER_V4, "served through the gateway");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert_eq!(rig.wait(pid).and_then(|s| s.code()), Some(0), "{}", std::fs::read_to_string(&log)?);
+    Ok(())
+}

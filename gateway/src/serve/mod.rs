@@ -282,6 +282,10 @@ pub struct Alone<'a> {
 /// `gateway serve`: the configured servers alone, until SIGTERM or SIGINT.
 pub async fn run_alone(a: Alone<'_>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Before the listeners: a SIGTERM during start-up then ends the loop
+    // below (and removes the control socket) instead of killing the process.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     anyhow::ensure!(
         a.icap.enabled() || a.api.enabled(),
         "neither icap_server.listen nor api_server.listen is set: nothing to serve"
@@ -294,8 +298,6 @@ pub async fn run_alone(a: Alone<'_>) -> anyhow::Result<()> {
             .with_context(|| format!("opening the control socket {}", a.control.display()))?;
         tasks.spawn(crate::control::serve_alone(sock, scanner.clone(), servers.clone()));
     }
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
