@@ -13,14 +13,16 @@ use std::{
 use anyhow::{Context as _, ensure};
 use tests::{cicap::CIcap, clamd::Clamd, util::random_file};
 
-/// CPU seconds used so far by process `pid` (user + system).
+/// CPU seconds used so far by process `pid` and the children it has
+/// reaped (user + system): c-icap's children come and go during a run, and
+/// their time must not vanish with them.
 pub fn cpu_of(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    // Fields after the parenthesised command name; utime, stime, cutime and
+    // cstime are 14 to 17.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 =
-        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let ticks: f64 = (11..=14).map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum();
     // SAFETY: sysconf is always safe to call.
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
