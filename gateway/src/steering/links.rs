@@ -42,22 +42,41 @@ fn discard(path: &Path, why: impl std::fmt::Display) -> Result<(), SteeringError
     std::fs::remove_file(path).map_err(|e| pin_err("removing the pinned link", path, e))
 }
 
+/// Adopts the link pinned at `path` (`adopt` swaps the program into it),
+/// or, with none there or one that cannot be adopted, makes a link with
+/// `attach` and pins it.
+fn adopt_or_attach<P>(
+    prog: &mut P,
+    path: &Path,
+    adopt: impl FnOnce(&mut P, FdLink) -> Result<(), String>,
+    attach: impl FnOnce(&mut P) -> Result<FdLink, SteeringError>,
+) -> Result<(), SteeringError> {
+    if let Some(fd) = pinned(path)? {
+        match adopt(prog, fd) {
+            Ok(()) => return Ok(()),
+            Err(e) => discard(path, e)?,
+        }
+    }
+    pin(attach(prog)?, path)
+}
+
 /// The TC classifier on `iface`'s ingress.
 pub fn tc(prog: &mut SchedClassifier, pins: &Pins, iface: &str) -> Result<(), SteeringError> {
     let path = pins.link("tc", iface);
     let what = format!("attaching the TC program to {iface}");
-    if let Some(fd) = pinned(&path)? {
-        let adopted = SchedClassifierLink::try_from(fd)
-            .map_err(|e| e.to_string())
-            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
-        match adopted {
-            Ok(_) => return Ok(()),
-            Err(e) => discard(&path, e)?,
-        }
-    }
-    let id = prog.attach(iface, TcAttachType::Ingress).map_err(prog_err(&what))?;
-    let link = prog.take_link(id).map_err(prog_err(&what))?;
-    pin(FdLink::try_from(link).map_err(|e| pin_err("pinning the TC link", &path, e))?, &path)
+    adopt_or_attach(
+        prog,
+        &path,
+        |prog, fd| {
+            let link = SchedClassifierLink::try_from(fd).map_err(|e| e.to_string())?;
+            prog.attach_to_link(link).map(drop).map_err(|e| e.to_string())
+        },
+        |prog| {
+            let id = prog.attach(iface, TcAttachType::Ingress).map_err(prog_err(&what))?;
+            let link = prog.take_link(id).map_err(prog_err(&what))?;
+            FdLink::try_from(link).map_err(|e| pin_err("pinning the TC link", &path, e))
+        },
+    )
 }
 
 /// The XDP filter on `iface` (a pinned link keeps the mode it was made
@@ -65,18 +84,19 @@ pub fn tc(prog: &mut SchedClassifier, pins: &Pins, iface: &str) -> Result<(), St
 pub fn xdp(prog: &mut Xdp, pins: &Pins, iface: &str, mode: XdpMode) -> Result<(), SteeringError> {
     let path = pins.link("xdp", iface);
     let what = format!("attaching the XDP program to {iface}");
-    if let Some(fd) = pinned(&path)? {
-        let adopted = XdpLink::try_from(fd)
-            .map_err(|e| e.to_string())
-            .and_then(|link| prog.attach_to_link(link).map_err(|e| e.to_string()));
-        match adopted {
-            Ok(_) => return Ok(()),
-            Err(e) => discard(&path, e)?,
-        }
-    }
-    let id = prog.attach(iface, mode).map_err(prog_err(&what))?;
-    let link = prog.take_link(id).map_err(prog_err(&what))?;
-    pin(FdLink::try_from(link).map_err(|e| pin_err("pinning the XDP link", &path, e))?, &path)
+    adopt_or_attach(
+        prog,
+        &path,
+        |prog, fd| {
+            let link = XdpLink::try_from(fd).map_err(|e| e.to_string())?;
+            prog.attach_to_link(link).map(drop).map_err(|e| e.to_string())
+        },
+        |prog| {
+            let id = prog.attach(iface, mode).map_err(prog_err(&what))?;
+            let link = prog.take_link(id).map_err(prog_err(&what))?;
+            FdLink::try_from(link).map_err(|e| pin_err("pinning the XDP link", &path, e))
+        },
+    )
 }
 
 /// The sk_lookup program on this network namespace. sk_lookup links

@@ -131,17 +131,21 @@ fn connector(ca_file: &Path) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// The API key in `path` (`key` names the setting): none for an empty
+/// path or an empty file.
+pub fn read_key(path: &Path, key: &str) -> anyhow::Result<Option<String>> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let k = std::fs::read_to_string(path).with_context(|| format!("reading {key} {}", path.display()))?;
+    Ok(Some(k.trim().to_string()).filter(|k| !k.is_empty()))
+}
+
 /// One member per `[scan.api] url`.
 pub fn members(cfg: &crate::scan::settings::Scan) -> anyhow::Result<Vec<Box<dyn Backend>>> {
     let api = &cfg.api;
     anyhow::ensure!(!api.url.is_empty(), "scan.api.url lists no URL");
-    let key = if api.key_file.as_os_str().is_empty() {
-        None
-    } else {
-        let k = std::fs::read_to_string(&api.key_file)
-            .with_context(|| format!("reading scan.api.key_file {}", api.key_file.display()))?;
-        Some(k.trim().to_string()).filter(|k| !k.is_empty())
-    };
+    let key = read_key(&api.key_file, "scan.api.key_file")?;
     let urls: Vec<ApiUrl> = api.url.iter().map(|u| ApiUrl::parse(u)).collect::<Result<_, _>>()?;
     let tls = if urls.iter().any(|u| u.tls) { Some(connector(&api.ca_file)?) } else { None };
     let max = if cfg.max_scans > 0 { cfg.max_scans.min(api.max_connections) } else { api.max_connections };

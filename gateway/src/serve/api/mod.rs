@@ -39,13 +39,7 @@ impl Server {
     /// A server for `[api_server]` on `scanner`: reads the key file and
     /// the certificate now, so that a broken one stops the start.
     pub fn new(cfg: &Settings, scanner: Arc<Scanner>) -> anyhow::Result<Server> {
-        let key = if cfg.key_file.as_os_str().is_empty() {
-            None
-        } else {
-            let k = std::fs::read_to_string(&cfg.key_file)
-                .with_context(|| format!("reading api_server.key_file {}", cfg.key_file.display()))?;
-            Some(k.trim().to_string()).filter(|k| !k.is_empty())
-        };
+        let key = crate::scan::api::read_key(&cfg.key_file, "api_server.key_file")?;
         let tls = if cfg.tls_cert.as_os_str().is_empty() { None } else { Some(acceptor(cfg)?) };
         Ok(Server {
             cfg: cfg.clone(),
