@@ -99,6 +99,11 @@ impl Served {
         s.pointer(pointer).and_then(serde_json::Value::as_u64).with_context(|| format!("no counter {pointer} in {s}"))
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Whether the process still runs.
     pub fn alive(&self) -> bool {
         Path::new(&format!("/proc/{}", self.pid)).exists()

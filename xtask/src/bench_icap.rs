@@ -8,7 +8,6 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +16,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use tests::{cicap::CIcap, clamd::Clamd, util::wait_for};
+use tests::{
+    cicap::CIcap,
+    clamd::Clamd,
+    serve::{self, Served},
+};
 
 use crate::bench_scan::{cpu_of, cpu_of_cicap};
 
@@ -209,30 +212,6 @@ fn measure(
     Ok(Row { name, rate: r, cpu_per_object_us: per_object, mib_s, cpu_per_100m: ((s2 - s1) / 3.0, (c2 - c1) / 3.0) })
 }
 
-/// `gateway serve` with its ICAP server on `port`, scanning with `clamd`.
-fn start_gateway(dir: &Path, port: u16, clamd: &Clamd) -> anyhow::Result<Child> {
-    std::fs::create_dir_all(dir.join("spool"))?;
-    let conf = dir.join("serve.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[scan]\nclamd = \"{}\"\nspool_dir = \"{d}/spool\"\n[control]\nsocket = \"\"\n\
-             [icap_server]\nlisten = \"127.0.0.1:{port}\"\n",
-            clamd.addr(),
-            d = dir.display()
-        ),
-    )?;
-    let child = Command::new(crate::build::gateway_bin())
-        .args(["serve", "--config"])
-        .arg(&conf)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("serve.log"))?)
-        .spawn()?;
-    wait_for("gateway serve to listen", Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok())?;
-    Ok(child)
-}
-
 /// Runs the ICAP benchmark and prints the table.
 pub fn icap(seconds: u32) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("gwbench-icap-{}", std::process::id()));
@@ -251,11 +230,12 @@ fn run(dir: &Path, seconds: u64) -> anyhow::Result<()> {
     let body = random(BIG, 7);
     eprintln!("bench icap: {CONNECTIONS} connections, {seconds}s per rate, 10 KiB objects, preview {PREVIEW}");
 
-    let mut gw = start_gateway(&dir.join("gateway"), base, &clamd)?;
-    let gw_pid = gw.id();
+    let gw_dir = dir.join("gateway");
+    let text = serve::config(&gw_dir, &clamd.addr(), &format!("[icap_server]\nlisten = \"127.0.0.1:{base}\"\n"));
+    let gw = Served::start(None, &gw_dir, &text)?;
+    let gw_pid = gw.pid();
     let row = measure("gateway ICAP server", base, &|| cpu_of(gw_pid), clamd_pid, &objects, &body, seconds);
-    let _ = gw.kill();
-    let _ = gw.wait();
+    drop(gw);
     let gw_row = row?;
 
     let (_icap, _guard) = CIcap::start_here(&dir.join("c-icap"), base + 1, &clamd.socket)?;

@@ -212,14 +212,7 @@ fn install_squid_openssl(root: &Path) -> anyhow::Result<()> {
     if root.join("usr/sbin/squid-openssl").exists() {
         return Ok(());
     }
-    let status = Command::new("chroot")
-        .arg(root)
-        .args(["apt-get", "install", "-y", "-q", "squid-openssl"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get in the Debian 13 folder")?;
-    ensure!(status.success(), "installing squid-openssl in {} failed ({status})", root.display());
-    Ok(())
+    crate::setup::chroot_install(root, "squid-openssl")
 }
 
 fn run_in(root: &Path, args: &[&str]) -> anyhow::Result<()> {

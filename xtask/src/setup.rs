@@ -108,14 +108,19 @@ pub fn squid_chroot() -> anyhow::Result<()> {
             bail!("debootstrap of Debian 13 failed ({status}); see {}/debootstrap/debootstrap.log", root.display());
         }
     }
+    chroot_install(root, "squid")
+}
+
+/// `apt-get install PACKAGE` inside the debootstrapped folder `root`.
+pub fn chroot_install(root: &Path, package: &str) -> anyhow::Result<()> {
     let status = Command::new("chroot")
         .arg(root)
-        .args(["apt-get", "install", "-y", "-q", "squid"])
+        .args(["apt-get", "install", "-y", "-q", package])
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status()
         .context("running apt-get in the Debian 13 folder")?;
     if !status.success() {
-        bail!("installing squid in {} failed ({status})", root.display());
+        bail!("installing {package} in {} failed ({status})", root.display());
     }
     Ok(())
 }
