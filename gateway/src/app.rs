@@ -1,12 +1,14 @@
 //! `gateway run`: builds the shared core, brings steering up, serves flows,
 //! reloads on SIGHUP, drains and exits on SIGTERM.
 //!
-//! Order: preflight → policy routing (idempotent: a predecessor's is
-//! adopted) → the core (scanner, decider, detection log, counters, dialer)
-//! → programs loaded on the pinned maps → listeners opened and registered
-//! in this process's sockmap generation → programs attached in the pinned
-//! links → new flows switched to this process ([`Steering::activate`]) →
-//! a running predecessor told to drain → control socket → signals.
+//! Order: signal handlers → preflight → policy routing (idempotent: a
+//! predecessor's is adopted) → the core (scanner, decider, detection log,
+//! counters, dialer) → programs loaded on the pinned maps → listeners
+//! opened and registered in this process's sockmap generation → the ICAP
+//! and API servers, the control socket and the metrics endpoint bound
+//! (the last steps that can fail) → programs attached in the pinned links
+//! → new flows switched to this process ([`Steering::activate`]) → a
+//! running predecessor told to drain.
 //!
 //! Stop: the listeners close (new flows go to a successor, or `when_down`
 //! applies), flows in progress get `drain_timeout` to finish, then the
@@ -274,6 +276,22 @@ async fn serve(config: Config, opts: &RunOptions, signals: Signals) -> anyhow::R
     let program_log = steering.take_logger();
     let current = Arc::new(ArcSwap::from_pointee(proxy_context(&config, &shared, &steering, None)?));
     let listeners = listen(&config, &mut steering, &current)?;
+    // Everything that can still fail comes before new flows are switched
+    // here and a predecessor is told to drain: a takeover that fails leaves
+    // the running gateway serving.
+    let mut tasks = JoinSet::new();
+    let servers = Servers::start(&config.icap_server, &config.api_server, &shared.scanner, &mut tasks).await?;
+    let control_socket = (!config.control.socket.as_os_str().is_empty())
+        .then(|| {
+            control::bind(&config.control.socket)
+                .with_context(|| format!("opening the control socket {}", config.control.socket.display()))
+        })
+        .transpose()?;
+    let metrics_listener = config
+        .metrics
+        .addr()
+        .map(|addr| metrics::serve::bind(addr).with_context(|| format!("opening the metrics endpoint {addr}")))
+        .transpose()?;
     steering.attach(&config.steering)?;
     steering.activate()?;
     if let Some(pid) = steering.previous_owner() {
@@ -281,8 +299,6 @@ async fn serve(config: Config, opts: &RunOptions, signals: Signals) -> anyhow::R
     }
     let steering = Arc::new(steering);
 
-    let mut tasks = JoinSet::new();
-    let servers = Servers::start(&config.icap_server, &config.api_server, &shared.scanner, &mut tasks).await?;
     let (reloads, mut reload_requests) = mpsc::channel(4);
     let sources = control::Sources {
         steering: steering.clone(),
@@ -291,13 +307,10 @@ async fn serve(config: Config, opts: &RunOptions, signals: Signals) -> anyhow::R
         servers,
         reload: Some(reloads),
     };
-    if !config.control.socket.as_os_str().is_empty() {
-        let sock = control::bind(&config.control.socket)
-            .with_context(|| format!("opening the control socket {}", config.control.socket.display()))?;
+    if let Some(sock) = control_socket {
         tasks.spawn(control::serve(sock, sources.clone()));
     }
-    if let Some(addr) = config.metrics.addr() {
-        let listener = metrics::serve::bind(addr).with_context(|| format!("opening the metrics endpoint {addr}"))?;
+    if let Some(listener) = metrics_listener {
         tasks.spawn(metrics::serve(listener, sources.clone()));
     }
 

@@ -34,6 +34,8 @@ pub struct Body {
 
 /// Bytes of a body kept for a replay on another scanner (1 MiB).
 pub const REPLAY: usize = 1 << 20;
+/// Kept pieces smaller than this are copied out of their buffer.
+const KEEP_COPY_BELOW: usize = 16 * 1024;
 
 impl Body {
     /// A body arriving on `rx`.
@@ -48,7 +50,11 @@ impl Body {
         }
         self.kept_bytes += chunk.len();
         if self.kept_bytes <= REPLAY {
-            self.kept.push(chunk.clone());
+            // A small piece may be a slice of a much larger read buffer
+            // (ICAP, API bodies): kept as it is, a body sent in one-byte
+            // chunks would pin a 64 KiB buffer per byte.
+            let kept = if chunk.len() < KEEP_COPY_BELOW { Bytes::copy_from_slice(chunk) } else { chunk.clone() };
+            self.kept.push(kept);
             self.next = self.kept.len();
         } else {
             self.committed = true;

@@ -133,7 +133,15 @@ where
         let _ = stream.set_nodelay(true);
         let Some(permit) = front.gate.admit() else {
             Counters::bump(&front.counters.refused);
-            tokio::spawn(refuse(stream));
+            // Refusals are bounded too (one over TLS waits for a handshake):
+            // past them the connection is just closed.
+            if let Ok(slot) = front.refusals.clone().try_acquire_owned() {
+                let refusal = refuse(stream);
+                tokio::spawn(async move {
+                    refusal.await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         let conn = handle(stream, peer);
@@ -155,7 +163,13 @@ pub struct Front {
     pub counters: Counters,
     /// Its read limits.
     pub limits: read::Limits,
+    /// Refusals in flight (at most [`REFUSALS`]).
+    refusals: Arc<Semaphore>,
 }
+
+/// Connections past the cap answered with a refusal at once; more are
+/// closed without one.
+const REFUSALS: usize = 64;
 
 impl Front {
     /// The front of the server named `what`, capped at `max_connections`.
@@ -165,6 +179,7 @@ impl Front {
             gate: Gate::new(max_connections, what),
             counters: Counters::default(),
             limits,
+            refusals: Arc::new(Semaphore::new(REFUSALS)),
         }
     }
 

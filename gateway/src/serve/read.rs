@@ -10,6 +10,8 @@ use tokio::{
     time::timeout,
 };
 
+use crate::wire::HeadScan;
+
 /// How much room a read asks for.
 pub const READ: usize = 64 * 1024;
 /// What is read and dropped, at most, after an answer given before the
@@ -29,6 +31,9 @@ pub enum ReadError {
     /// Nothing arrived within the I/O timeout.
     #[error("the request stalled")]
     Stalled,
+    /// A line feed without a carriage return in the head.
+    #[error("a bare line feed in the request head")]
+    BareLf,
     /// No end of head within the limit (the limit).
     #[error("request head longer than {0} bytes")]
     HeadTooLong(usize),
@@ -65,11 +70,14 @@ pub async fn head<S: AsyncRead + Unpin>(
     limits: Limits,
 ) -> Result<Option<Bytes>, ReadError> {
     let max = limits.max_head;
+    // Each byte looked at once, however the head arrives.
+    let mut scan = HeadScan::default();
     loop {
         while buf.starts_with(b"\r\n") {
             let _ = buf.split_to(2);
+            scan = HeadScan::default();
         }
-        if let Some(end) = crate::wire::head_end(buf) {
+        if let Some(end) = scan.find(buf).map_err(|_| ReadError::BareLf)? {
             if end > max {
                 break;
             }

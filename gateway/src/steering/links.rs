@@ -69,7 +69,10 @@ pub fn tc(prog: &mut SchedClassifier, pins: &Pins, iface: &str) -> Result<(), St
         &path,
         |prog, fd| {
             let link = SchedClassifierLink::try_from(fd).map_err(|e| e.to_string())?;
-            prog.attach_to_link(link).map(drop).map_err(|e| e.to_string())
+            // The program would keep the adopted link open: only the pin
+            // may hold it, so that unpinning (prune, detach) detaches.
+            let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+            prog.take_link(id).map(drop).map_err(|e| e.to_string())
         },
         |prog| {
             let id = prog.attach(iface, TcAttachType::Ingress).map_err(prog_err(&what))?;
@@ -89,7 +92,10 @@ pub fn xdp(prog: &mut Xdp, pins: &Pins, iface: &str, mode: XdpMode) -> Result<()
         &path,
         |prog, fd| {
             let link = XdpLink::try_from(fd).map_err(|e| e.to_string())?;
-            prog.attach_to_link(link).map(drop).map_err(|e| e.to_string())
+            // The program would keep the adopted link open: only the pin
+            // may hold it, so that unpinning (prune, detach) detaches.
+            let id = prog.attach_to_link(link).map_err(|e| e.to_string())?;
+            prog.take_link(id).map(drop).map_err(|e| e.to_string())
         },
         |prog| {
             let id = prog.attach(iface, mode).map_err(prog_err(&what))?;

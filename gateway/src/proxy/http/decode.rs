@@ -217,7 +217,10 @@ struct Deflate {
 impl Stage for Deflate {
     fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), DecodeError> {
         if self.ended {
-            return Ok((0, 0));
+            // Bytes after the end of the stream are no part of the body
+            // (browsers ignore them): taken and dropped, never left to pile
+            // up in front of a stage that will not read them.
+            return Ok((input.len(), 0));
         }
         let d = match &mut self.inner {
             Some(d) => d,
@@ -360,7 +363,10 @@ impl Brotli {
 impl Stage for Brotli {
     fn step(&mut self, input: &[u8], out: &mut [u8]) -> Result<(usize, usize), DecodeError> {
         if self.ended {
-            return Ok((0, 0));
+            // Bytes after the end of the stream are no part of the body
+            // (browsers ignore them): taken and dropped, never left to pile
+            // up in front of a stage that will not read them.
+            return Ok((input.len(), 0));
         }
         let (mut avail_in, mut in_off) = (input.len(), 0usize);
         let (mut avail_out, mut out_off, mut total) = (out.len(), 0usize, 0usize);
@@ -457,6 +463,29 @@ mod tests {
         let mut trailing = gz(b"member");
         trailing.extend_from_slice(b"JUNK");
         assert_eq!(decode(&["gzip"], &trailing, WIDE).unwrap(), b"memberJUNK");
+    }
+
+    #[test]
+    fn bytes_after_a_finished_stage_are_dropped_not_held() {
+        // deflate, gzip: gzip(zlib("hi") + 8 MiB of zeros). The zlib stream
+        // ends after "hi"; the zeros behind it must not pile up in memory.
+        let mut z = ZlibEncoder::new(Vec::new(), Compression::default());
+        z.write_all(b"hi").unwrap();
+        let mut inner = z.finish().unwrap();
+        inner.extend(std::iter::repeat_n(0u8, 8 << 20));
+        let body = gz(&inner);
+        let codings = vec!["deflate".to_string(), "gzip".to_string()];
+        let mut d = Decoder::new(&codings, WIDE).unwrap().unwrap();
+        let mut out = Vec::new();
+        for piece in body.chunks(4096) {
+            d.push(piece.to_vec());
+            while let Some(o) = d.pull().unwrap() {
+                out.extend(o);
+            }
+            let held: usize = d.links.iter().map(|l| l.pending.len() - l.at).sum();
+            assert!(held <= 2 * OUT + 4096, "{held} bytes held after the stream ended");
+        }
+        assert_eq!(out, b"hi");
     }
 
     #[test]

@@ -100,9 +100,13 @@ impl Flow<'_> {
         };
         let got = match got {
             Ok(g) => g,
-            Err(Failed::Body(BodyError::Short(_))) if decoded_to_length(decoder.as_ref(), r.framing) => {
+            Err(Failed::Body(BodyError::Short(_)))
+                if decoded_to_length(decoder.as_ref(), r.framing)
+                    && !r.trickle.as_ref().is_some_and(Trickle::started) =>
+            {
                 // Chromium forgives a body shorter than its Content-Length
-                // when it decodes to exactly that length.
+                // when it decodes to exactly that length. Not once a
+                // trickled head has promised the client that length.
                 self.upstream = None;
                 Received::Whole
             }

@@ -57,6 +57,11 @@ pub enum HelloError {
     Io(#[from] io::Error),
 }
 
+/// The pause between peeks at a hello that keeps arriving in pieces.
+const PEEK_SPACING: Duration = Duration::from_millis(5);
+/// Records one ClientHello may span (real ones use one).
+const MAX_RECORDS: usize = 16;
+
 /// A parse that needs more bytes, or cannot succeed.
 #[derive(Debug)]
 enum Parse {
@@ -74,8 +79,16 @@ impl From<HelloError> for Parse {
 /// the bytes on the socket.
 pub async fn peek(tcp: &TcpStream, wait: Duration) -> Result<Hello, HelloError> {
     let mut buf = vec![0u8; MAX_HELLO];
+    let mut partial = 0u32;
     let read = async {
         loop {
+            // Every peek parses the hello from its start: a client that
+            // trickles it a byte per segment would make that quadratic.
+            // Past a couple of partial peeks (a real hello comes in one or
+            // two segments) they are spaced out.
+            if partial >= 2 {
+                tokio::time::sleep(PEEK_SPACING).await;
+            }
             // tokio registers for RDHUP: `read_closed` says the peer has
             // sent FIN, which a peek at a partial hello cannot tell.
             let closed = tcp.ready(Interest::READABLE).await?.is_read_closed();
@@ -84,7 +97,7 @@ pub async fn peek(tcp: &TcpStream, wait: Duration) -> Result<Hello, HelloError> 
             // spin on the same bytes).
             match tcp.try_io(Interest::READABLE, || peek_once(tcp, &mut buf, closed)) {
                 Ok(hello) => return hello,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => partial += 1,
                 Err(e) => return Err(HelloError::Io(e)),
             }
         }
@@ -110,7 +123,7 @@ fn peek_once(tcp: &TcpStream, buf: &mut [u8], closed: bool) -> io::Result<Result
 fn parse(bytes: &[u8]) -> Result<Hello, Parse> {
     let mut handshake = Vec::new();
     let mut at = 0;
-    loop {
+    for _ in 0..MAX_RECORDS {
         let Some(header) = bytes.get(at..at + 5) else { return Err(Parse::More) };
         if header[0] != 22 || header[1] != 3 {
             return Err(
@@ -138,6 +151,7 @@ fn parse(bytes: &[u8]) -> Result<Hello, Parse> {
             }
         }
     }
+    Err(HelloError::Malformed("a ClientHello spread over more than 16 records").into())
 }
 
 /// A cursor over length-prefixed TLS structures.

@@ -247,7 +247,8 @@ impl Mint {
     fn remember(&self, name: &str, key: Arc<CertifiedKey>, not_after: OffsetDateTime) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let made = Instant::now();
-        while cache.map.len() >= self.capacity {
+        // A name minted again replaces its own entry: nothing else goes.
+        while !cache.map.contains_key(name) && cache.map.len() >= self.capacity {
             let Some((old, stamp)) = cache.order.pop_front() else { break };
             // Only if the queued stamp is still that name's entry (a name
             // minted again since has a newer stamp further back).

@@ -222,7 +222,7 @@ async fn read_answer(s: &mut Stream, t: Duration, url: &ApiUrl) -> Result<(Verdi
     let chunked = header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let length: Option<usize> = header("content-length").and_then(|v| v.trim().parse().ok());
     let mut rest = buf.split_off(end);
-    let json = if chunked {
+    let (json, extra) = if chunked {
         read_chunked(s, rest, t).await?
     } else if let Some(n) = length.filter(|&n| n <= MAX_ANSWER) {
         while rest.len() < n {
@@ -230,12 +230,14 @@ async fn read_answer(s: &mut Stream, t: Duration, url: &ApiUrl) -> Result<(Verdi
                 Failed::Unanswered(v) | Failed::Answered(v) => Failed::Answered(v),
             })?;
         }
+        let extra = rest.len() > n;
         rest.truncate(n);
-        rest
+        (rest, extra)
     } else {
         return Err(bad(format!("the API's answer ({status}) has no usable length")));
     };
-    Ok((verdict(status, &json, url), keep && (chunked || length.is_some())))
+    // Bytes past the answer would be read as the next file's answer.
+    Ok((verdict(status, &json, url), keep && !extra))
 }
 
 async fn read_more(s: &mut Stream, buf: &mut Vec<u8>, t: Duration, first: bool) -> Result<(), Failed> {
@@ -252,7 +254,8 @@ async fn read_more(s: &mut Stream, buf: &mut Vec<u8>, t: Duration, first: bool) 
     }
 }
 
-async fn read_chunked(s: &mut Stream, mut raw: Vec<u8>, t: Duration) -> Result<Vec<u8>, Failed> {
+/// The chunked answer, and whether bytes followed it.
+async fn read_chunked(s: &mut Stream, mut raw: Vec<u8>, t: Duration) -> Result<(Vec<u8>, bool), Failed> {
     let mut dec = ChunkedDecoder::new(4096);
     let mut out = Vec::new();
     loop {
@@ -261,7 +264,7 @@ async fn read_chunked(s: &mut Stream, mut raw: Vec<u8>, t: Duration) -> Result<V
             .map_err(|e| Failed::Answered(err(ErrorKind::Protocol, format!("the API's chunked answer: {e}"))))?;
         raw.drain(..used);
         if dec.done() {
-            return Ok(out);
+            return Ok((out, !raw.is_empty()));
         }
         if out.len() > MAX_ANSWER {
             return Err(Failed::Answered(err(ErrorKind::Protocol, "the API's answer is too long")));
@@ -275,7 +278,8 @@ fn verdict(status: u16, json: &[u8], url: &ApiUrl) -> Verdict {
     let text = || String::from_utf8_lossy(&json[..json.len().min(200)]).to_string();
     match status {
         200 => match serde_json::from_slice::<ScanResult>(json) {
-            Ok(r) if r.clean_result => Verdict::Clean,
+            // Named viruses win over the flag.
+            Ok(r) if r.clean_result && r.found_viruses.as_ref().is_none_or(Vec::is_empty) => Verdict::Clean,
             Ok(r) => {
                 let mut threats: Vec<String> =
                     r.found_viruses.unwrap_or_default().into_iter().filter_map(|v| v.virus_name).collect();
@@ -301,6 +305,8 @@ mod tests {
     fn answers_become_verdicts() {
         let u = ApiUrl::parse("https://api.example").unwrap();
         assert_eq!(verdict(200, br#"{"CleanResult":true,"FoundViruses":null}"#, &u), Verdict::Clean);
+        let v = verdict(200, br#"{"CleanResult":true,"FoundViruses":[{"FileName":"a","VirusName":"Eicar"}]}"#, &u);
+        assert!(matches!(v, Verdict::Infected { .. }), "{v:?}");
         let v = verdict(200, br#"{"CleanResult":false,"FoundViruses":[{"FileName":"a","VirusName":"Eicar"}]}"#, &u);
         assert_eq!(v.threats(), ["Eicar"]);
         assert!(verdict(200, br#"{"CleanResult":false}"#, &u).is_infected());

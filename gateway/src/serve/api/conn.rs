@@ -172,7 +172,7 @@ fn read_fail(e: ReadError) -> Fail {
     match e {
         ReadError::Stalled => fail(408, format!("{e} (api_server.io_timeout)"), true),
         ReadError::HeadTooLong(_) => fail(431, format!("{e} (api_server.max_head)"), true),
-        ReadError::Closed | ReadError::Io(_) => fail(400, e.to_string(), true),
+        ReadError::Closed | ReadError::Io(_) | ReadError::BareLf => fail(400, e.to_string(), true),
     }
 }
 
@@ -202,19 +202,25 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         };
         Counters::bump(&self.server.front.counters.requests);
         let result = match parse_head(&raw) {
-            Ok(head) => self.request(&head).await.map(|body| (body, head.close)),
+            Ok(head) => self.request(&head).await.map(|(body, unread)| (body, head.close || unread, unread)),
             Err(f) => Err(f),
         };
         match result {
-            Ok((body, close)) => {
+            Ok((body, close, unread)) => {
                 let out = json_response(200, "OK", &body, close);
-                self.write(&out).await && !close
+                let sent = self.write(&out).await;
+                if unread {
+                    read::linger(&mut self.stream).await;
+                }
+                sent && !close
             }
             Err(f) => self.send_fail(f).await,
         }
     }
 
-    async fn request(&mut self, head: &Head) -> Result<String, Fail> {
+    /// The answer's JSON, and whether the request's body was left unread
+    /// (a verdict before its end: the connection closes after the answer).
+    async fn request(&mut self, head: &Head) -> Result<(String, bool), Fail> {
         let advanced = match head.path.as_str() {
             "/virus/scan/file" => false,
             "/virus/scan/file/advanced" => true,
@@ -236,8 +242,8 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         {
             return Err(fail(400, "the client left", true));
         }
-        let (outcome, name, sniff) = self.scan_form(framing, &boundary).await?;
-        self.result(head, advanced, outcome, &name, &sniff)
+        let (outcome, name, sniff, unread) = self.scan_form(framing, &boundary).await?;
+        Ok((self.result(head, advanced, outcome, &name, &sniff)?, unread))
     }
 
     fn framing(&self, head: &Head) -> Result<Framing, Fail> {
@@ -256,8 +262,14 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         Ok(Framing::Length(n))
     }
 
-    /// Reads the form, scanning the `inputFile` part as it comes.
-    async fn scan_form(&mut self, mut framing: Framing, boundary: &str) -> Result<(Outcome, String, Sniff), Fail> {
+    /// Reads the form, scanning the `inputFile` part as it comes; `true` if
+    /// the scanner decided before the body's end (infected during a
+    /// preview: the rest is left unread).
+    async fn scan_form(
+        &mut self,
+        mut framing: Framing,
+        boundary: &str,
+    ) -> Result<(Outcome, String, Sniff, bool), Fail> {
         let max = self.server.cfg.max_body.0;
         let mut form = Multipart::new(boundary);
         let mut session: Option<Session> = None;
@@ -271,7 +283,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
             while let Some(event) = form.next_event().map_err(|e| fail(400, e.to_string(), true))? {
                 match event {
                     Event::Part { name: field, filename } => {
-                        in_file = field == "inputFile" && session.is_none();
+                        // One file per request: a second one would go
+                        // unscanned to whoever reads the form differently.
+                        if field == "inputFile" && session.is_some() {
+                            return Err(fail(400, "the form has more than one inputFile part", true));
+                        }
+                        in_file = field == "inputFile";
                         if in_file {
                             name = filename.unwrap_or_else(|| "inputFile".into());
                             let meta =
@@ -283,8 +300,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
                         sniff.see(&d);
                         if let Some(s) = session.as_mut() {
                             s.scan(d).await;
-                            if let Some(v) = s.early() {
-                                return Err(early(v));
+                            match s.early() {
+                                Some(v @ Verdict::Error { .. }) => return Err(early(v)),
+                                // Found before the end: answered like any
+                                // other finding (record, counters, JSON).
+                                Some(v) => return Ok((Outcome::early(v.clone(), total, false), name, sniff, true)),
+                                None => {}
                             }
                         }
                     }
@@ -294,7 +315,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
         }
         form.finish().map_err(|e| fail(400, e.to_string(), false))?;
         let session = session.ok_or_else(|| fail(400, "the form has no inputFile part", false))?;
-        Ok((session.finish().await.outcome, name, sniff))
+        Ok((session.finish().await.outcome, name, sniff, false))
     }
 
     async fn next_piece(&mut self, framing: &mut Framing) -> Result<Option<Bytes>, Fail> {
@@ -396,12 +417,12 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Conn<'a, S> {
 }
 
 /// A scan that ended without a result: too large (413) or not scanned
-/// (503: the caller's own policy decides).
+/// (503: the caller's own policy decides). Findings are results, not this.
 fn early(v: &Verdict) -> Fail {
     match v {
         Verdict::Error { kind: ErrorKind::Oversize, message } => fail(413, message.clone(), true),
         Verdict::Error { kind, message } => fail(503, format!("not scanned ({}): {message}", kind.name()), true),
-        other => fail(503, format!("the scan ended early: {}", other.name()), true),
+        other => fail(500, format!("{} is not an error", other.name()), true),
     }
 }
 

@@ -48,7 +48,7 @@ fn refused(e: ReadError) -> Refused {
     let (status, section) = match e {
         ReadError::Stalled => (Status::Timeout, " (icap_server.io_timeout)"),
         ReadError::HeadTooLong(_) => (Status::TooLarge, " (icap_server.max_head)"),
-        ReadError::Closed | ReadError::Io(_) => (Status::BadRequest, ""),
+        ReadError::Closed | ReadError::Io(_) | ReadError::BareLf => (Status::BadRequest, ""),
     };
     Refused { status, why: format!("{e}{section}") }
 }
@@ -301,11 +301,14 @@ impl<'a> Conn<'a> {
 /// Whether `head` is a complete HTTP request (or response) head.
 fn http_head_ok(head: &[u8], request: bool) -> bool {
     let mut headers = [httparse::EMPTY_HEADER; 128];
-    if request {
-        matches!(httparse::Request::new(&mut headers).parse(head), Ok(httparse::Status::Complete(_)))
+    // The head must fill its section: bytes after it would be neither
+    // head nor body.
+    let parsed = if request {
+        httparse::Request::new(&mut headers).parse(head)
     } else {
-        matches!(httparse::Response::new(&mut headers).parse(head), Ok(httparse::Status::Complete(_)))
-    }
+        httparse::Response::new(&mut headers).parse(head)
+    };
+    matches!(parsed, Ok(httparse::Status::Complete(n)) if n == head.len())
 }
 
 /// The URL of an encapsulated request: its target, with `Host` in front

@@ -154,13 +154,14 @@ fn sections(value: &str) -> Result<Sections, Refused> {
         let bad = || refuse(Status::BadRequest, format!("Encapsulated {value:?}"));
         let (name, off) = part.trim().split_once('=').ok_or_else(bad)?;
         let off: usize = off.trim().parse().map_err(|_| bad())?;
-        // Offsets go up; a body section comes last.
+        // Offsets go up; req-hdr before res-hdr (RFC 3507 4.4.1: each head
+        // runs to the next section); a body section comes last.
         if ended || off < last {
             return Err(bad());
         }
         last = off;
         match name.trim() {
-            "req-hdr" if s.req_hdr.is_none() => s.req_hdr = Some(off),
+            "req-hdr" if s.req_hdr.is_none() && s.res_hdr.is_none() => s.req_hdr = Some(off),
             "res-hdr" if s.res_hdr.is_none() => s.res_hdr = Some(off),
             "req-body" | "res-body" | "opt-body" => {
                 s.body = Some(off);
@@ -225,6 +226,11 @@ Encapsulated: req-hdr=0, res-hdr=137, res-body=296\r\nPreview: 1024\r\nAllow: 20
         assert_eq!(status(b"RESPMOD icap://h/s ICAP/2.0\r\n\r\n"), Status::VersionNotSupported);
         assert_eq!(status(b"GET icap://h/s ICAP/1.0\r\n\r\n"), Status::NotImplemented);
         assert_eq!(status(b"RESPMOD icap://h/s ICAP/1.0\r\n\r\n"), Status::BadRequest);
+        // res-hdr before req-hdr would make the request head run backwards.
+        assert_eq!(
+            status(b"RESPMOD /s ICAP/1.0\r\nEncapsulated: res-hdr=0, req-hdr=30, res-body=60\r\n\r\n"),
+            Status::BadRequest
+        );
         assert_eq!(
             status(b"RESPMOD icap://h/s ICAP/1.0\r\nEncapsulated: res-body=5, res-hdr=0\r\n\r\n"),
             Status::BadRequest
