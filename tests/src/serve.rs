@@ -41,6 +41,17 @@ impl Served {
     /// `ns` of `rig` or, without a rig, here; returns once it answers on
     /// its control socket.
     pub fn start(rig: Option<(&mut Rig, Ns)>, dir: &Path, config_text: &str) -> anyhow::Result<Served> {
+        Served::start_binary(&binary()?, rig, dir, config_text)
+    }
+
+    /// Like [`Served::start`] with another gateway binary (benchmarks
+    /// comparing two builds).
+    pub fn start_binary(
+        binary: &Path,
+        rig: Option<(&mut Rig, Ns)>,
+        dir: &Path,
+        config_text: &str,
+    ) -> anyhow::Result<Served> {
         std::fs::create_dir_all(dir)?;
         let conf = dir.join("serve.toml");
         std::fs::write(&conf, config_text)?;
@@ -48,14 +59,14 @@ impl Served {
         let socket = dir.join("serve.sock");
         let served = match rig {
             Some((rig, ns)) => {
-                let mut cmd = rig.cmd(ns, binary()?);
+                let mut cmd = rig.cmd(ns, binary);
                 cmd.arg("serve").arg("--config").arg(&conf);
                 let pid = rig.spawn(cmd, &log)?;
                 Served { log, socket, netns: Some(rig.name(ns).to_string()), child: None, pid }
             }
             None => {
                 let out = std::fs::File::create(&log)?;
-                let child = Command::new(binary()?)
+                let child = Command::new(binary)
                     .arg("serve")
                     .arg("--config")
                     .arg(&conf)

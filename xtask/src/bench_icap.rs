@@ -183,89 +183,145 @@ fn big(port: u16, body: &[u8]) -> anyhow::Result<f64> {
     Ok(speeds[1])
 }
 
-struct Row {
-    name: &'static str,
-    rate: Rate,
-    cpu_per_object_us: (f64, f64),
-    mib_s: f64,
-    cpu_per_100m: (f64, f64),
-}
-
-fn measure(
+/// One server under test.
+struct Server<'a> {
     name: &'static str,
     port: u16,
-    server_cpu: &dyn Fn() -> f64,
-    clamd_pid: u32,
-    objects: &Arc<Vec<Vec<u8>>>,
-    body: &[u8],
-    seconds: u64,
-) -> anyhow::Result<Row> {
-    // A short warm-up: connections, clamd sessions, the server's threads.
-    rate(port, objects, 1)?;
-    let (s0, c0) = (server_cpu(), cpu_of(clamd_pid));
-    let r = rate(port, objects, seconds)?;
-    let (s1, c1) = (server_cpu(), cpu_of(clamd_pid));
-    let n = r.per_s * seconds as f64;
-    let per_object = ((s1 - s0) / n * 1e6, (c1 - c0) / n * 1e6);
-    let mib_s = big(port, body)?;
-    let (s2, c2) = (server_cpu(), cpu_of(clamd_pid));
-    Ok(Row { name, rate: r, cpu_per_object_us: per_object, mib_s, cpu_per_100m: ((s2 - s1) / 3.0, (c2 - c1) / 3.0) })
+    cpu: &'a dyn Fn() -> f64,
 }
 
+/// One rate run: objects/s, latency, CPU µs per object (server, clamd).
+struct RateRun {
+    rate: Rate,
+    cpu_us: (f64, f64),
+}
+
+fn rate_run(s: &Server, clamd_pid: u32, objects: &Arc<Vec<Vec<u8>>>, seconds: u64) -> anyhow::Result<RateRun> {
+    let (s0, c0) = ((s.cpu)(), cpu_of(clamd_pid));
+    let rate = rate(s.port, objects, seconds)?;
+    let (s1, c1) = ((s.cpu)(), cpu_of(clamd_pid));
+    let n = rate.per_s * seconds as f64;
+    Ok(RateRun { rate, cpu_us: ((s1 - s0) / n * 1e6, (c1 - c0) / n * 1e6) })
+}
+
+/// 100 MiB: MiB/s and CPU seconds per body (server, clamd).
+fn big_run(s: &Server, clamd_pid: u32, body: &[u8]) -> anyhow::Result<(f64, (f64, f64))> {
+    let (s0, c0) = ((s.cpu)(), cpu_of(clamd_pid));
+    let mib_s = big(s.port, body)?;
+    let (s1, c1) = ((s.cpu)(), cpu_of(clamd_pid));
+    Ok((mib_s, ((s1 - s0) / 3.0, (c1 - c0) / 3.0)))
+}
+
+/// Rate runs per server, taken in turn (gateway, c-icap, gateway, …) so
+/// that the machine's drift falls on both alike.
+const ROUNDS: usize = 3;
+
 /// Runs the ICAP benchmark and prints the table.
-pub fn icap(seconds: u32) -> anyhow::Result<()> {
+pub fn icap(seconds: u32, against: Option<&Path>) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("gwbench-icap-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = run(&dir, seconds.into());
+    let result = run(&dir, seconds.into(), against);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run(dir: &Path, seconds: u64) -> anyhow::Result<()> {
+fn run(dir: &Path, seconds: u64, against: Option<&Path>) -> anyhow::Result<()> {
     let clamd = Clamd::start(dir.join("clamd"), "2000M")?;
     let clamd_pid = clamd.pid().context("clamd pid")?;
     let base = 22000 + (std::process::id() % 15000) as u16;
     let objects: Arc<Vec<Vec<u8>>> = Arc::new((0..OBJECTS).map(|i| random(OBJECT, 500 + i as u64)).collect());
     let body = random(BIG, 7);
-    eprintln!("bench icap: {CONNECTIONS} connections, {seconds}s per rate, 10 KiB objects, preview {PREVIEW}");
+    eprintln!(
+        "bench icap: {CONNECTIONS} connections, {ROUNDS} × {seconds}s per server in turn, 10 KiB objects, preview {PREVIEW}"
+    );
 
     let gw_dir = dir.join("gateway");
     let text = serve::config(&gw_dir, &clamd.addr(), &format!("[icap_server]\nlisten = \"127.0.0.1:{base}\"\n"));
     let gw = Served::start(None, &gw_dir, &text)?;
     let gw_pid = gw.pid();
-    let row = measure("gateway ICAP server", base, &|| cpu_of(gw_pid), clamd_pid, &objects, &body, seconds);
-    drop(gw);
-    let gw_row = row?;
-
     let (_icap, _guard) = CIcap::start_here(&dir.join("c-icap"), base + 1, &clamd.socket)?;
-    let ci_row = measure("c-icap virus_scan", base + 1, &cpu_of_cicap, clamd_pid, &objects, &body, seconds)?;
+    let gw_cpu = move || cpu_of(gw_pid);
+    let mut servers = vec![
+        Server { name: "gateway ICAP server", port: base, cpu: &gw_cpu },
+        Server { name: "c-icap virus_scan", port: base + 1, cpu: &cpu_of_cicap },
+    ];
+    // Another build in turn with these two (`--against`).
+    let other = match against {
+        Some(bin) => {
+            let dir = dir.join("against");
+            let text =
+                serve::config(&dir, &clamd.addr(), &format!("[icap_server]\nlisten = \"127.0.0.1:{}\"\n", base + 2));
+            Some(Served::start_binary(bin, None, &dir, &text)?)
+        }
+        None => None,
+    };
+    let other_pid = other.as_ref().map(Served::pid);
+    let other_cpu = move || other_pid.map_or(0.0, cpu_of);
+    if other.is_some() {
+        servers.push(Server { name: "gateway (--against)", port: base + 2, cpu: &other_cpu });
+    }
+    for s in &servers {
+        // A warm-up as long as a run: connections, clamd sessions, and
+        // c-icap's children, whose number grows with the load for seconds.
+        rate(s.port, &objects, seconds)?;
+    }
+    let mut runs: Vec<Vec<RateRun>> = servers.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (s, runs) in servers.iter().zip(runs.iter_mut()) {
+            runs.push(rate_run(s, clamd_pid, &objects, seconds)?);
+        }
+    }
+    let bigs = servers.iter().map(|s| big_run(s, clamd_pid, &body)).collect::<anyhow::Result<Vec<_>>>()?;
+    drop((gw, other));
 
     println!(
-        "\n| server (same clamd, same client) | 10 KiB RESPMODs/s | p50 / p99 ms | CPU µs per object (server / clamd) | 100 MiB MiB/s | CPU s per 100 MiB (server / clamd) |"
+        "\n| server (same clamd, same client), run | 10 KiB RESPMODs/s | p50 / p99 ms | CPU µs per object (server / clamd) |"
     );
-    println!("|---|---|---|---|---|---|");
-    for r in [&gw_row, &ci_row] {
+    println!("|---|---|---|---|");
+    for round in 0..ROUNDS {
+        for (s, runs) in servers.iter().zip(&runs) {
+            let r = &runs[round];
+            println!(
+                "| {} {} | {:.0} | {:.2} / {:.2} | {:.0} / {:.0} |",
+                s.name,
+                round + 1,
+                r.rate.per_s,
+                r.rate.p50_ms,
+                r.rate.p99_ms,
+                r.cpu_us.0,
+                r.cpu_us.1
+            );
+        }
+    }
+    println!("\n| server | 100 MiB MiB/s | CPU s per 100 MiB (server / clamd) |");
+    println!("|---|---|---|");
+    for (s, (mib_s, cpu)) in servers.iter().zip(&bigs) {
+        println!("| {} | {:.1} | {:.2} / {:.2} |", s.name, mib_s, cpu.0, cpu.1);
+    }
+    let mean = |runs: &[RateRun], f: &dyn Fn(&RateRun) -> f64| runs.iter().map(f).sum::<f64>() / runs.len() as f64;
+    let (gw, ci) = (&runs[0], &runs[1]);
+    let per_round: Vec<String> =
+        gw.iter().zip(ci).map(|(g, c)| format!("{:.2}×", g.rate.per_s / c.rate.per_s)).collect();
+    if let Some(other) = runs.get(2) {
         println!(
-            "| {} | {:.0} | {:.2} / {:.2} | {:.0} / {:.0} | {:.1} | {:.2} / {:.2} |",
-            r.name,
-            r.rate.per_s,
-            r.rate.p50_ms,
-            r.rate.p99_ms,
-            r.cpu_per_object_us.0,
-            r.cpu_per_object_us.1,
-            r.mib_s,
-            r.cpu_per_100m.0,
-            r.cpu_per_100m.1
+            "\ngateway / --against: {:.2}× objects/s, server CPU per object {:.0} vs {:.0} µs",
+            mean(&runs[0], &|r| r.rate.per_s) / mean(other, &|r| r.rate.per_s),
+            mean(&runs[0], &|r| r.cpu_us.0),
+            mean(other, &|r| r.cpu_us.0)
         );
     }
     println!(
-        "\ngateway / c-icap: {:.2}× objects/s, p99 {:.2} vs {:.2} ms, {:.2}× server CPU per object, {:.2}× on 100 MiB",
-        gw_row.rate.per_s / ci_row.rate.per_s,
-        gw_row.rate.p99_ms,
-        ci_row.rate.p99_ms,
-        gw_row.cpu_per_object_us.0 / ci_row.cpu_per_object_us.0,
-        gw_row.mib_s / ci_row.mib_s
+        "\ngateway / c-icap, mean of {ROUNDS} runs each: {:.2}× objects/s (per round {}), p99 {:.2} vs {:.2} ms, \
+         server CPU per object {:.0} vs {:.0} µs ({:.2}×), {:.2}× on 100 MiB",
+        mean(gw, &|r| r.rate.per_s) / mean(ci, &|r| r.rate.per_s),
+        per_round.join(", "),
+        mean(gw, &|r| r.rate.p99_ms),
+        mean(ci, &|r| r.rate.p99_ms),
+        mean(gw, &|r| r.cpu_us.0),
+        mean(ci, &|r| r.cpu_us.0),
+        mean(gw, &|r| r.cpu_us.0) / mean(ci, &|r| r.cpu_us.0),
+        bigs[0].0 / bigs[1].0
     );
     Ok(())
 }

@@ -66,6 +66,10 @@ enum Command {
         /// into /var/cache/gateway-bench/trixie once, a few minutes).
         #[arg(long)]
         squid: bool,
+        /// `icap`: also measure another gateway binary (an older build), in
+        /// turn with the others.
+        #[arg(long)]
+        against: Option<std::path::PathBuf>,
     },
     /// The browser-compatibility figures: the http-oddities corpus through
     /// the gateway (clean and EICAR) and a sample in headless Chromium.
@@ -119,13 +123,13 @@ fn main() -> anyhow::Result<()> {
             build::gateway()?;
             deb::run()
         }
-        Command::Bench { what, mib, seconds, squid } => {
+        Command::Bench { what, mib, seconds, squid, against } => {
             setup::run()?;
             build::gateway()?;
             match what.as_str() {
                 "relay" => bench::relay(mib, seconds),
                 "scan" => bench_scan::scan(),
-                "icap" => bench_icap::icap(seconds),
+                "icap" => bench_icap::icap(seconds, against.as_deref()),
                 "ftp" => {
                     if squid {
                         setup::squid_chroot()?;
