@@ -1,6 +1,7 @@
 //! Kept-alive scanner connections. Each backend keeps the connections its
 //! scans left open (clamd sessions, ICAP and API keep-alive), bounded in
-//! number and age, and looks at each for EOF before using it again.
+//! number and age, and looks at each for EOF before using it again (unless
+//! the backend trusts one idle only for a moment, [`Idle::trusting`]).
 
 use std::{
     future::Future,
@@ -31,19 +32,30 @@ pub struct Idle<C> {
     conns: Mutex<Vec<(C, Instant)>>,
     max: usize,
     max_age: Duration,
+    /// Connections idle for less than this are used without a look.
+    trust: Duration,
 }
 
 impl<C: Reusable> Idle<C> {
     /// At most `max` kept, none used once idle for `max_age`.
     pub fn new(max: usize, max_age: Duration) -> Idle<C> {
-        Idle { conns: Mutex::new(Vec::new()), max, max_age }
+        Idle { conns: Mutex::new(Vec::new()), max, max_age, trust: Duration::ZERO }
+    }
+
+    /// Like [`Idle::new`], using a connection idle for less than `trust`
+    /// without looking at it first (a system call per scan saved). For a
+    /// backend that closes a connection only after seconds idle, and whose
+    /// scans replay on a new connection when a kept one turns out closed.
+    pub fn trusting(max: usize, max_age: Duration, trust: Duration) -> Idle<C> {
+        Idle { trust, ..Idle::new(max, max_age) }
     }
 
     /// The newest usable idle connection; older or closed ones are dropped.
     pub fn take(&self) -> Option<C> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((conn, since)) = conns.pop() {
-            if since.elapsed() < self.max_age && conn.is_usable() {
+            let idle = since.elapsed();
+            if idle < self.max_age && (idle < self.trust || conn.is_usable()) {
                 return Some(conn);
             }
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     sync::mpsc,
     time::timeout,
 };
@@ -71,7 +71,12 @@ pub(super) async fn instream(s: &mut Conn, new: bool, body: &mut Body, t: Durati
         Ok::<(), std::io::Error>(())
     }
     .await;
-    // After a failed write clamd may still have said why (size limit).
+    answer(s, sent, t).await
+}
+
+/// clamd's answer to a command whose sending ended with `sent`: read even
+/// after a failed write, because clamd may have said why (a size limit).
+pub(super) async fn answer<S: AsyncRead + Unpin>(s: &mut S, sent: std::io::Result<()>, t: Duration) -> Attempt {
     let (reply, read) = read_reply(s, t).await;
     let reply = String::from_utf8_lossy(&reply).trim_end_matches(['\0', '\n']).to_string();
     if !reply.is_empty() {
@@ -105,7 +110,7 @@ enum ReadError {
 
 /// Reads one NUL-terminated reply; `Ok(true)` if it ended with its NUL
 /// (the connection can go on), `Ok(false)` at EOF.
-async fn read_reply(s: &mut Conn, t: Duration) -> (Vec<u8>, Result<bool, ReadError>) {
+async fn read_reply<S: AsyncRead + Unpin>(s: &mut S, t: Duration) -> (Vec<u8>, Result<bool, ReadError>) {
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
     loop {
@@ -123,6 +128,12 @@ async fn read_reply(s: &mut Conn, t: Duration) -> (Vec<u8>, Result<bool, ReadErr
     }
 }
 
+/// What follows `fd[N]: ` in a FILDES reply.
+fn fd_reply(reply: &str) -> Option<&str> {
+    let (n, rest) = reply.strip_prefix("fd[")?.split_once("]: ")?;
+    n.bytes().all(|b| b.is_ascii_digit()).then_some(rest)
+}
+
 /// A session's reply carries the command's number: `1: stream: OK`.
 fn session_reply(reply: &str) -> &str {
     match reply.split_once(": ") {
@@ -131,10 +142,10 @@ fn session_reply(reply: &str) -> &str {
     }
 }
 
-/// Parses clamd's INSTREAM reply: `stream: OK`, `stream: NAME FOUND`,
-/// `INSTREAM size limit exceeded. ERROR`, `… ERROR`.
+/// Parses clamd's INSTREAM or FILDES reply: `stream: OK`, `fd[12]: OK`,
+/// `stream: NAME FOUND`, `INSTREAM size limit exceeded. ERROR`, `… ERROR`.
 fn parse_reply(reply: &str) -> Verdict {
-    let body = reply.strip_prefix("stream: ").unwrap_or(reply);
+    let body = reply.strip_prefix("stream: ").or_else(|| fd_reply(reply)).unwrap_or(reply);
     if body == "OK" {
         Verdict::Clean
     } else if let Some(name) = body.strip_suffix(" FOUND") {
@@ -163,5 +174,12 @@ mod tests {
         assert_eq!(session_reply("12: stream: OK"), "stream: OK");
         assert_eq!(session_reply("INSTREAM size limit exceeded. ERROR"), "INSTREAM size limit exceeded. ERROR");
         assert_eq!(session_reply("stream: x: y FOUND"), "stream: x: y FOUND");
+        assert_eq!(parse_reply(session_reply("3: fd[13]: OK")), Verdict::Clean);
+        assert!(matches!(parse_reply("fd[13]: Test.EICAR.NDB.UNOFFICIAL FOUND"),
+            Verdict::Infected { ref threats, .. } if threats == &["Test.EICAR.NDB.UNOFFICIAL"]));
+        assert!(matches!(
+            parse_reply("fd[13]: lstat() failed: Permission denied. ERROR"),
+            Verdict::Error { kind: ErrorKind::Protocol, .. }
+        ));
     }
 }

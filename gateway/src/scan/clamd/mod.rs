@@ -1,4 +1,5 @@
-//! ClamAV's clamd: INSTREAM over a Unix socket or TCP, on connections kept
+//! ClamAV's clamd: INSTREAM over a Unix socket or TCP (small bodies on a
+//! Unix socket as a passed descriptor, [`fildes`]), on connections kept
 //! open in clamd's session mode (IDSESSION).
 //!
 //! PING and VERSION go through the clamav-client crate. The INSTREAM framing
@@ -21,6 +22,7 @@
 //! I/O timeout instead of failing the scan.
 
 mod conn;
+mod fildes;
 mod instream;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -110,6 +112,10 @@ const POOL: usize = 32;
 /// A session idle longer than this is closed rather than used: clamd's
 /// `IdleTimeout` (30 s by default) may be about to close it.
 const MAX_IDLE: Duration = Duration::from_secs(10);
+/// A session idle for less than this is used without looking for EOF:
+/// clamd closes one only after its `IdleTimeout` (seconds), and a scan on
+/// a session that turns out closed is replayed on a new one.
+const TRUST_IDLE: Duration = Duration::from_millis(50);
 /// Slots when clamd does not say its MaxThreads (its own default is 10).
 const FALLBACK_SLOTS: usize = 10;
 
@@ -119,6 +125,9 @@ pub struct Clamd {
     addr: ClamdAddr,
     io_timeout: Duration,
     idle: Arc<Idle<Conn>>,
+    /// Small bodies go as descriptors until clamd refuses one.
+    fildes: Arc<std::sync::atomic::AtomicBool>,
+    memfds: Arc<fildes::Memfds>,
     /// `scan.max_scans` (0: from clamd's MaxThreads).
     max_scans: usize,
     slots: Arc<Slots>,
@@ -132,7 +141,9 @@ impl Clamd {
         Clamd {
             addr,
             io_timeout,
-            idle: Arc::new(Idle::new(POOL, MAX_IDLE)),
+            idle: Arc::new(Idle::trusting(POOL, MAX_IDLE, TRUST_IDLE)),
+            fildes: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            memfds: Arc::new(fildes::Memfds::new(POOL)),
             max_scans,
             slots: Arc::new(Slots::new(queue_timeout)),
         }
@@ -197,9 +208,12 @@ impl Clamd {
         }
     }
 
-    /// Streams the chunks from `body` to clamd as they come and returns its
-    /// verdict once `body` ends.
+    /// Scans `body` and returns clamd's verdict once it ends: a small body
+    /// on a Unix socket as a descriptor ([`fildes`]), anything else streamed
+    /// with INSTREAM as it comes.
     pub async fn scan_body(&self, body: &mut Body) -> Verdict {
+        // Gathered before a slot is taken: a slow small body holds none.
+        let mut small = if self.fildes_usable() { fildes::gather(body).await } else { None };
         let _slot = match self.slots.acquire(|| self.slot_count()).await {
             Ok(s) => s,
             Err(v) => return v,
@@ -209,19 +223,51 @@ impl Clamd {
                 Ok(c) => c,
                 Err(v) => return v,
             };
-            match instream(&mut conn, !reused, body, self.io_timeout).await {
+            let attempt = match (&small, &mut conn) {
+                (Some(data), Conn::Unix(unix)) => {
+                    fildes::fildes(unix, !reused, data, &self.memfds, self.io_timeout).await
+                }
+                _ => instream(&mut conn, !reused, body, self.io_timeout).await,
+            };
+            match attempt {
                 Attempt::Answered(verdict, reusable) => {
                     if reusable {
                         self.idle.put(conn);
                     }
+                    if small.is_some() && verdict.error_kind().is_some() {
+                        // clamd could not read the descriptor (a confined
+                        // clamd, an old one): stream this body and the rest.
+                        self.fildes_refused(&verdict);
+                        small = None;
+                        // Gathered whole, so all of it is kept: from the start.
+                        if body.rewind() {
+                            continue;
+                        }
+                    }
                     return verdict;
                 }
                 // A pooled session clamd dropped just now: replay if we can.
-                Attempt::Unanswered(_) if reused && body.rewind() => {
+                Attempt::Unanswered(_) if reused && (small.is_some() || body.rewind()) => {
                     tracing::debug!("clamd session at {} was closed; scanning again on a new connection", self.addr);
                 }
                 Attempt::Unanswered(verdict) => return verdict,
             }
+        }
+    }
+
+    /// Whether small bodies go to clamd as descriptors: a Unix socket, and
+    /// clamd has not refused one.
+    fn fildes_usable(&self) -> bool {
+        matches!(self.addr, ClamdAddr::Unix(_)) && self.fildes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn fildes_refused(&self, verdict: &Verdict) {
+        if self.fildes.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "clamd at {} cannot scan a passed file descriptor ({}); streaming every body with INSTREAM",
+                self.addr,
+                verdict.name()
+            );
         }
     }
 
@@ -309,16 +355,28 @@ mod tests {
         assert_eq!(parse_max_threads("garbage"), None);
     }
 
-    /// Reads one INSTREAM command (after an optional `zIDSESSION`) and
-    /// returns its body; `None` at EOF.
-    async fn read_instream(s: &mut UnixStream) -> Option<Vec<u8>> {
+    /// Reads one INSTREAM or FILDES command (after an optional
+    /// `zIDSESSION`) and returns the body it carries; `None` at EOF.
+    async fn read_scan(s: &mut UnixStream) -> Option<Vec<u8>> {
+        read_command(s).await.map(|(_, body)| body)
+    }
+
+    /// Like [`read_scan`], with the command's bytes.
+    async fn read_command(s: &mut UnixStream) -> Option<(Vec<u8>, Vec<u8>)> {
         let mut cmd = Vec::new();
-        while !cmd.ends_with(b"zINSTREAM\0") {
-            let mut b = [0u8; 1];
-            if s.read_exact(&mut b).await.is_err() {
-                return None;
-            }
-            cmd.push(b[0]);
+        while !cmd.ends_with(b"zINSTREAM\0") && !cmd.ends_with(b"zFILDES\0") {
+            let (b, passed) = recv_byte(s).await?;
+            cmd.push(b);
+            // As clamd does: no descriptor before the command asks for one.
+            assert!(passed.is_none(), "a descriptor came with the command {cmd:?}");
+        }
+        if cmd.ends_with(b"zFILDES\0") {
+            use std::io::Read as _;
+            // The descriptor rides on a byte of its own after the command.
+            let (_, fd) = recv_byte(s).await?;
+            let mut data = Vec::new();
+            std::fs::File::from(fd?).read_to_end(&mut data).ok()?;
+            return Some((cmd, data));
         }
         let mut body = Vec::new();
         loop {
@@ -326,11 +384,46 @@ mod tests {
             s.read_exact(&mut len).await.ok()?;
             let len = u32::from_be_bytes(len) as usize;
             if len == 0 {
-                return Some(body);
+                return Some((cmd, body));
             }
             let mut chunk = vec![0u8; len];
             s.read_exact(&mut chunk).await.ok()?;
             body.extend_from_slice(&chunk);
+        }
+    }
+
+    /// One byte, with the descriptor passed along with it if any (a plain
+    /// read would drop it); `None` at EOF.
+    async fn recv_byte(s: &mut UnixStream) -> Option<(u8, Option<std::os::fd::OwnedFd>)> {
+        use std::{
+            io::IoSliceMut,
+            os::fd::{AsRawFd as _, FromRawFd as _},
+        };
+
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+        loop {
+            s.readable().await.ok()?;
+            let got = s.try_io(tokio::io::Interest::READABLE, || {
+                let mut byte = [0u8; 1];
+                let mut iov = [IoSliceMut::new(&mut byte)];
+                let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+                    .map_err(std::io::Error::from)?;
+                let fd = msg.cmsgs().map_err(std::io::Error::from)?.find_map(|c| match c {
+                    // SAFETY: the descriptor was just received and is ours alone.
+                    ControlMessageOwned::ScmRights(fds) => {
+                        fds.first().map(|&fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+                    }
+                    _ => None,
+                });
+                Ok((msg.bytes, byte[0], fd))
+            });
+            match got {
+                Ok((0, _, _)) => return None,
+                Ok((_, b, fd)) => return Some((b, fd)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
+            }
         }
     }
 
@@ -346,12 +439,12 @@ mod tests {
             let listener = tokio::net::UnixListener::bind(&path).unwrap();
             let server = tokio::spawn(async move {
                 let (mut a, _) = listener.accept().await.unwrap();
-                let first = read_instream(&mut a).await.unwrap();
+                let first = read_scan(&mut a).await.unwrap();
                 a.write_all(b"1: stream: OK\0").await.unwrap();
-                let second = read_instream(&mut a).await.unwrap();
+                let second = read_scan(&mut a).await.unwrap();
                 drop(a);
                 let (mut b, _) = listener.accept().await.unwrap();
-                let replayed = read_instream(&mut b).await.unwrap();
+                let replayed = read_scan(&mut b).await.unwrap();
                 b.write_all(b"1: stream: Replayed.Sig FOUND\0").await.unwrap();
                 (first, second, replayed)
             });
@@ -375,6 +468,42 @@ mod tests {
                 (first.as_slice(), second.as_slice(), replayed.as_slice()),
                 (&b"first body"[..], &b"second body"[..], &b"second body"[..])
             );
+            let _ = std::fs::remove_file(&path);
+        });
+    }
+
+    /// Fault injector (a real clamd reads what it is passed; a confined one
+    /// may not): clamd refuses the descriptor. The body is streamed with
+    /// INSTREAM instead, and so is every later one.
+    #[test]
+    fn a_refused_descriptor_falls_back_to_instream() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let path = std::env::temp_dir().join(format!("gw-fake-clamd-fd-{}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            let server = tokio::spawn(async move {
+                let mut commands = Vec::new();
+                for answer in [&b"1: fd[9]: lstat() failed: Permission denied. ERROR\0"[..], b"1: stream: Sig FOUND\0"]
+                {
+                    let (mut c, _) = listener.accept().await.unwrap();
+                    let (command, body) = read_command(&mut c).await.unwrap();
+                    assert_eq!(body, b"a small body");
+                    commands.push(command);
+                    c.write_all(answer).await.unwrap();
+                }
+                commands
+            });
+            let clamd = Clamd::new(ClamdAddr::Unix(path.clone()), Duration::from_secs(5), 4, Duration::from_secs(5));
+            let (tx, rx) = mpsc::channel(4);
+            tx.send(Bytes::from_static(b"a small body")).await.unwrap();
+            drop(tx);
+            let v = clamd.scan_body(&mut crate::scan::backend::Body::new(rx)).await;
+            assert!(matches!(&v, Verdict::Infected { threats, .. } if threats == &["Sig"]), "{v:?}");
+            assert!(!clamd.fildes_usable(), "descriptors still used after a refusal");
+            let commands = server.await.unwrap();
+            assert_eq!(commands[0], b"zIDSESSION\0zFILDES\0");
+            assert_eq!(commands[1], b"zIDSESSION\0zINSTREAM\0");
             let _ = std::fs::remove_file(&path);
         });
     }

@@ -1,0 +1,145 @@
+//! Small bodies to a local clamd as a file descriptor (FILDES): the body is
+//! written to a memfd and the descriptor passed over the Unix socket, so
+//! clamd scans it where it lies instead of receiving a stream and writing
+//! it to a temporary file first (docs/BENCHMARKS.md has the figures). The
+//! small-object rate is bounded by clamd's CPU, so what clamd saves is
+//! the rate gained.
+//!
+//! Only bodies that end within [`GATHER`] bytes go this way: they are
+//! gathered whole first (clamd could not begin before their end anyway);
+//! a longer body is rewound and streamed with INSTREAM as it arrives.
+//!
+//! The memfds are kept and rewritten ([`Memfds`]): creating one per body
+//! cost the gateway more than the stream it replaced.
+
+use std::{
+    io::IoSlice,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    sync::Mutex,
+    time::Duration,
+};
+
+use nix::sys::{
+    memfd::{MFdFlags, memfd_create},
+    socket::{ControlMessage, MsgFlags, sendmsg},
+};
+use tokio::{
+    io::{AsyncWriteExt as _, Interest},
+    net::UnixStream,
+    time::timeout,
+};
+
+use super::instream::{Attempt, answer};
+use crate::scan::backend::Body;
+
+/// The largest body sent as a descriptor: the small objects whose rate
+/// clamd's per-scan cost bounds, well within what [`Body`] keeps for a
+/// rewind (a longer one is streamed from its start). Kept small because
+/// clamd checks StreamMaxLength only on streams: a FILDES body past it
+/// would meet MaxFileSize alone, and clamd answers OK for a file it skips
+/// as too large. No sane MaxFileSize is below 64 KiB.
+pub(super) const GATHER: usize = 64 * 1024;
+
+/// The whole body if it ends within [`GATHER`] bytes; otherwise `None`,
+/// with the body rewound to its start.
+pub(super) async fn gather(body: &mut Body) -> Option<Vec<u8>> {
+    let mut data = Vec::new();
+    while let Some(chunk) = body.recv().await {
+        data.extend_from_slice(&chunk);
+        if data.len() > GATHER {
+            // Within what the body keeps: the rewind cannot fail.
+            let rewound = body.rewind();
+            debug_assert!(rewound);
+            return None;
+        }
+    }
+    Some(data)
+}
+
+/// A memfd and the length of what it holds.
+#[derive(Debug)]
+pub(super) struct Memfd {
+    fd: OwnedFd,
+    len: usize,
+}
+
+/// Memfds free for the next body: one per scan in flight at most, each at
+/// most [`GATHER`] bytes, kept up to `max`.
+#[derive(Debug)]
+pub(super) struct Memfds {
+    free: Mutex<Vec<Memfd>>,
+    max: usize,
+}
+
+impl Memfds {
+    pub(super) fn new(max: usize) -> Memfds {
+        Memfds { free: Mutex::new(Vec::new()), max }
+    }
+
+    /// A memfd holding exactly `data`.
+    fn fill(&self, data: &[u8]) -> std::io::Result<Memfd> {
+        let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut m = match kept {
+            Some(m) => {
+                // clamd shares the descriptor's offset: one that read the
+                // last body with read(2) left it at that body's end.
+                nix::unistd::lseek(&m.fd, 0, nix::unistd::Whence::SeekSet)?;
+                m
+            }
+            None => Memfd { fd: memfd_create("gateway-scan", MFdFlags::MFD_CLOEXEC)?, len: 0 },
+        };
+        let mut at = 0;
+        while at < data.len() {
+            // pwrite leaves the offset at 0 for clamd.
+            at += nix::sys::uio::pwrite(m.fd.as_fd(), &data[at..], at as i64)?;
+        }
+        if m.len > data.len() {
+            // What the last body left past this one's end must not be scanned.
+            nix::unistd::ftruncate(m.fd.as_fd(), data.len() as i64)?;
+        }
+        m.len = data.len();
+        Ok(m)
+    }
+
+    /// Takes back a memfd clamd is done with (it answered).
+    fn give(&self, m: Memfd) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.max {
+            free.push(m);
+        }
+    }
+}
+
+/// One FILDES scan of `data` on `s` (opening the session first when `new`).
+pub(super) async fn fildes(s: &mut UnixStream, new: bool, data: &[u8], memfds: &Memfds, t: Duration) -> Attempt {
+    let memfd = match memfds.fill(data) {
+        Ok(m) => m,
+        Err(e) => return answer(s, Err(e), t).await,
+    };
+    let command: &[u8] = if new { b"zIDSESSION\0zFILDES\0" } else { b"zFILDES\0" };
+    let fds = [memfd.fd.as_raw_fd()];
+    // clamd takes a descriptor only after it has read the command: on a
+    // message of its own, with one byte (a descriptor on the command's
+    // bytes is a protocol error).
+    let raw = s.as_raw_fd();
+    let send = || {
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(raw, &[IoSlice::new(b"\0")], &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(std::io::Error::from)
+    };
+    let sent = async {
+        timeout(t, s.write_all(command)).await??;
+        loop {
+            match s.try_io(Interest::WRITABLE, send) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => timeout(t, s.writable()).await??,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    .await;
+    let attempt = answer(s, sent, t).await;
+    if let Attempt::Answered(..) = attempt {
+        memfds.give(memfd);
+    }
+    attempt
+}
