@@ -101,11 +101,20 @@ fn infected_body_is_remembered_by_hash() {
     let scanner = Arc::new(Scanner::standalone(&clamd_config(&clamd, &dir)).unwrap());
     let rt = runtime();
     rt.block_on(async {
-        let first = scan_in_chunks(&scanner, &eicar(), 10, false).await;
+        // Bodies past 64 KiB are hashed and remembered.
+        let mut big = eicar();
+        big.resize(100 << 10, b'.');
+        let first = scan_in_chunks(&scanner, &big, 4096, false).await;
         assert!(first.outcome.verdict.is_infected() && !first.outcome.cached);
         assert!(matches!(decide(&scanner, &first.outcome), Decision::Block { .. }));
-        let again = scan_in_chunks(&scanner, &eicar(), 10, false).await;
+        let again = scan_in_chunks(&scanner, &big, 4096, false).await;
         assert!(again.outcome.verdict.is_infected() && again.outcome.cached);
+        // A small one is scanned again: hashing every small body costs
+        // more than re-scanning the rare known infection.
+        let small = scan_in_chunks(&scanner, &eicar(), 10, false).await;
+        assert!(matches!(decide(&scanner, &small.outcome), Decision::Block { .. }));
+        let small_again = scan_in_chunks(&scanner, &eicar(), 10, false).await;
+        assert!(small_again.outcome.verdict.is_infected() && !small_again.outcome.cached);
     });
 }
 

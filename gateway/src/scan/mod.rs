@@ -156,7 +156,13 @@ impl Scanner {
             partial: None,
             stopped_scanning: false,
             clean: false,
-            hasher: Sha256::new(),
+            // Only an ICAP service can send back a body that must be
+            // compared: those are hashed whatever their size.
+            digest: if self.kind == ScanBackend::Icap {
+                Digest::Hashing(Sha256::new())
+            } else {
+                Digest::Small(Vec::new())
+            },
             scanned: 0,
         }
     }
@@ -179,8 +185,48 @@ pub struct Session {
     /// The backend answered clean before the body ended (ICAP 204 in the
     /// preview).
     clean: bool,
-    hasher: Sha256,
+    digest: Digest,
     scanned: u64,
+}
+
+/// The largest body that is not hashed unless the backend can change it.
+/// The hash serves the cache of infected bodies (and spots an ICAP service
+/// that sent a body back unchanged); re-scanning a small body that is a
+/// known infection costs clamd less than hashing every small body costs
+/// the gateway (sha256 was a sixth of the ICAP server's CPU on 10 KiB
+/// objects, docs/BENCHMARKS.md).
+const HASH_FROM: usize = 64 * 1024;
+
+/// sha256 of what is scanned, begun once the body passes [`HASH_FROM`]
+/// (at once for an ICAP backend).
+enum Digest {
+    /// The body so far, while it is small.
+    Small(Vec<u8>),
+    Hashing(Sha256),
+}
+
+impl Digest {
+    fn update(&mut self, chunk: &[u8]) {
+        match self {
+            Digest::Small(head) if head.len() + chunk.len() <= HASH_FROM => head.extend_from_slice(chunk),
+            Digest::Small(head) => {
+                let mut h = Sha256::new();
+                h.update(&head);
+                h.update(chunk);
+                *self = Digest::Hashing(h);
+            }
+            Digest::Hashing(h) => h.update(chunk),
+        }
+    }
+
+    /// The body's sha256; for a small body all zeros, which the cache
+    /// never remembers.
+    fn finish(&self) -> [u8; 32] {
+        match self {
+            Digest::Small(_) => [0; 32],
+            Digest::Hashing(h) => h.clone().finalize().into(),
+        }
+    }
 }
 
 /// A finished scan: the outcome and, if held, the body.
@@ -297,7 +343,7 @@ impl Session {
         if chunk.is_empty() || self.early.is_some() || self.stopped_scanning {
             return;
         }
-        self.hasher.update(&chunk);
+        self.digest.update(&chunk);
         self.scanned += chunk.len() as u64;
         if self.scanned > self.scanner.max_scan_size {
             let max = self.scanner.max_scan_size;
@@ -338,7 +384,7 @@ impl Session {
     /// meanwhile, for trickling).
     pub fn end(mut self) -> (Pending, Option<Spool>) {
         self.tx = None;
-        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
+        let sha256 = self.digest.finish();
         let ready = match self.early.take() {
             Some(v) => Some((v, false)),
             None => match self.scanner.decider.known_body(&sha256) {
