@@ -30,7 +30,10 @@ use tokio::{
 };
 
 use super::instream::{Attempt, answer};
-use crate::scan::backend::Body;
+use crate::{
+    scan::backend::Body,
+    verdict::{ErrorKind, Verdict},
+};
 
 /// The largest body sent as a descriptor: the small objects whose rate
 /// clamd's per-scan cost bounds, well within what [`Body`] keeps for a
@@ -40,16 +43,13 @@ use crate::scan::backend::Body;
 /// as too large. No sane MaxFileSize is below 64 KiB.
 pub(super) const GATHER: usize = 64 * 1024;
 
-/// The whole body if it ends within [`GATHER`] bytes; otherwise `None`,
-/// with the body rewound to its start.
+/// The whole body if it ends within [`GATHER`] bytes; `None` for a
+/// longer one. The caller rewinds the body either way.
 pub(super) async fn gather(body: &mut Body) -> Option<Vec<u8>> {
     let mut data = Vec::new();
     while let Some(chunk) = body.recv().await {
         data.extend_from_slice(&chunk);
         if data.len() > GATHER {
-            // Within what the body keeps: the rewind cannot fail.
-            let rewound = body.rewind();
-            debug_assert!(rewound);
             return None;
         }
     }
@@ -77,20 +77,14 @@ impl Memfds {
     }
 
     /// A memfd holding exactly `data`.
-    fn fill(&self, data: &[u8]) -> std::io::Result<Memfd> {
+    pub(super) fn fill(&self, data: &[u8]) -> std::io::Result<Memfd> {
         let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut m = match kept {
-            Some(m) => {
-                // clamd shares the descriptor's offset: one that read the
-                // last body with read(2) left it at that body's end.
-                nix::unistd::lseek(&m.fd, 0, nix::unistd::Whence::SeekSet)?;
-                m
-            }
+            Some(m) => m,
             None => Memfd { fd: memfd_create("gateway-scan", MFdFlags::MFD_CLOEXEC)?, len: 0 },
         };
         let mut at = 0;
         while at < data.len() {
-            // pwrite leaves the offset at 0 for clamd.
             at += nix::sys::uio::pwrite(m.fd.as_fd(), &data[at..], at as i64)?;
         }
         if m.len > data.len() {
@@ -101,8 +95,9 @@ impl Memfds {
         Ok(m)
     }
 
-    /// Takes back a memfd clamd is done with (it answered).
-    fn give(&self, m: Memfd) {
+    /// Takes back a memfd clamd is done with: it answered with a verdict
+    /// (after an error it may still be reading).
+    pub(super) fn give(&self, m: Memfd) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < self.max {
             free.push(m);
@@ -110,18 +105,20 @@ impl Memfds {
     }
 }
 
-/// One FILDES scan of `data` on `s` (opening the session first when `new`).
-pub(super) async fn fildes(s: &mut UnixStream, new: bool, data: &[u8], memfds: &Memfds, t: Duration) -> Attempt {
-    let memfd = match memfds.fill(data) {
-        Ok(m) => m,
-        Err(e) => return answer(s, Err(e), t).await,
-    };
+/// One FILDES scan of `memfd` on `s` (opening the session first when
+/// `new`).
+pub(super) async fn fildes(s: &mut UnixStream, new: bool, memfd: &Memfd, t: Duration) -> Attempt {
+    // clamd shares the descriptor's offset: one that read the last body
+    // (or this one, before a replay) with read(2) left it at the end.
+    if let Err(e) = nix::unistd::lseek(&memfd.fd, 0, nix::unistd::Whence::SeekSet) {
+        return Attempt::Unanswered(Verdict::error(ErrorKind::Io, format!("rewinding a memfd for clamd: {e}")));
+    }
     let command: &[u8] = if new { b"zIDSESSION\0zFILDES\0" } else { b"zFILDES\0" };
     let fds = [memfd.fd.as_raw_fd()];
+    let raw = s.as_raw_fd();
     // clamd takes a descriptor only after it has read the command: on a
     // message of its own, with one byte (a descriptor on the command's
     // bytes is a protocol error).
-    let raw = s.as_raw_fd();
     let send = || {
         let cmsg = [ControlMessage::ScmRights(&fds)];
         sendmsg::<()>(raw, &[IoSlice::new(b"\0")], &cmsg, MsgFlags::MSG_NOSIGNAL, None).map_err(std::io::Error::from)
@@ -137,9 +134,5 @@ pub(super) async fn fildes(s: &mut UnixStream, new: bool, data: &[u8], memfds: &
         }
     }
     .await;
-    let attempt = answer(s, sent, t).await;
-    if let Attempt::Answered(..) = attempt {
-        memfds.give(memfd);
-    }
-    attempt
+    answer(s, sent, t).await
 }

@@ -213,20 +213,22 @@ impl Clamd {
     /// with INSTREAM as it comes.
     pub async fn scan_body(&self, body: &mut Body) -> Verdict {
         // Gathered before a slot is taken: a slow small body holds none.
-        let mut small = if self.fildes_usable() { fildes::gather(body).await } else { None };
+        let mut memfd = match self.small_body(body).await {
+            Ok(m) => m,
+            Err(v) => return v,
+        };
         let _slot = match self.slots.acquire(|| self.slot_count()).await {
             Ok(s) => s,
             Err(v) => return v,
         };
+        let (mut refused, mut replayed) = (None, false);
         loop {
             let (mut conn, reused) = match self.idle.take_or(self.connect()).await {
                 Ok(c) => c,
                 Err(v) => return v,
             };
-            let attempt = match (&small, &mut conn) {
-                (Some(data), Conn::Unix(unix)) => {
-                    fildes::fildes(unix, !reused, data, &self.memfds, self.io_timeout).await
-                }
+            let attempt = match (&memfd, &mut conn) {
+                (Some(m), Conn::Unix(unix)) => fildes::fildes(unix, !reused, m, self.io_timeout).await,
                 _ => instream(&mut conn, !reused, body, self.io_timeout).await,
             };
             match attempt {
@@ -234,20 +236,31 @@ impl Clamd {
                     if reusable {
                         self.idle.put(conn);
                     }
-                    if small.is_some() && verdict.error_kind().is_some() {
-                        // clamd could not read the descriptor (a confined
-                        // clamd, an old one): stream this body and the rest.
-                        self.fildes_refused(&verdict);
-                        small = None;
-                        // Gathered whole, so all of it is kept: from the start.
-                        if body.rewind() {
+                    match (memfd.take(), verdict.error_kind()) {
+                        // An error for a descriptor: the same body streamed
+                        // tells whether the descriptor was the trouble.
+                        (Some(_), Some(_)) if body.rewind() => {
+                            refused = Some(verdict);
                             continue;
                         }
+                        (Some(m), None) => self.memfds.give(m),
+                        _ => {}
+                    }
+                    if let Some(r) = refused.as_ref().filter(|_| verdict.error_kind().is_none()) {
+                        self.fildes_refused(r);
                     }
                     return verdict;
                 }
-                // A pooled session clamd dropped just now: replay if we can.
-                Attempt::Unanswered(_) if reused && (small.is_some() || body.rewind()) => {
+                // A pooled session clamd dropped just now: replay once if we
+                // can (a timeout is clamd busy with this body, not a closed
+                // session: replaying it would tie up another clamd thread).
+                Attempt::Unanswered(v)
+                    if reused
+                        && !replayed
+                        && v.error_kind() != Some(ErrorKind::Timeout)
+                        && (memfd.is_some() || body.rewind()) =>
+                {
+                    replayed = true;
                     tracing::debug!("clamd session at {} was closed; scanning again on a new connection", self.addr);
                 }
                 Attempt::Unanswered(verdict) => return verdict,
@@ -255,8 +268,33 @@ impl Clamd {
         }
     }
 
+    /// A body that ends within [`fildes::GATHER`] bytes, written to a memfd
+    /// for FILDES; `None` when it goes as a stream (longer, clamd over
+    /// TCP, descriptors refused, no memfd to be had). Either way the body
+    /// is back at its start.
+    async fn small_body(&self, body: &mut Body) -> Result<Option<fildes::Memfd>, Verdict> {
+        if !self.fildes_usable() {
+            return Ok(None);
+        }
+        let data = fildes::gather(body).await;
+        // At most GATHER plus one chunk was taken, well within what a body
+        // keeps: this cannot fail, and must not be taken for granted.
+        if !body.rewind() {
+            return Err(Verdict::error(ErrorKind::Io, "a small body could not be rewound for clamd"));
+        }
+        let Some(data) = data else { return Ok(None) };
+        match self.memfds.fill(&data) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => {
+                tracing::warn!("no memfd for a body for clamd at {} ({e}); streaming it", self.addr);
+                Ok(None)
+            }
+        }
+    }
+
     /// Whether small bodies go to clamd as descriptors: a Unix socket, and
-    /// clamd has not refused one.
+    /// clamd has not refused one (an error for a descriptor where the same
+    /// body streamed was answered).
     fn fildes_usable(&self) -> bool {
         matches!(self.addr, ClamdAddr::Unix(_)) && self.fildes.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -473,19 +511,34 @@ mod tests {
     }
 
     /// Fault injector (a real clamd reads what it is passed; a confined one
-    /// may not): clamd refuses the descriptor. The body is streamed with
-    /// INSTREAM instead, and so is every later one.
+    /// may not): clamd answers a descriptor with an error. The body is
+    /// streamed with INSTREAM instead; descriptors are given up only if the
+    /// stream was answered.
     #[test]
     fn a_refused_descriptor_falls_back_to_instream() {
+        // The stream answered: descriptors were the trouble.
+        let v = refused_descriptor(b"1: stream: Sig FOUND\0", false);
+        assert!(matches!(&v, Verdict::Infected { threats, .. } if threats == &["Sig"]), "{v:?}");
+        // The stream failed too: the body or clamd is the trouble, not the
+        // descriptor.
+        let v = refused_descriptor(b"1: Can't allocate memory ERROR\0", true);
+        assert!(v.error_kind().is_some(), "{v:?}");
+    }
+
+    /// One small body against a fake clamd that answers its descriptor with
+    /// an error and its stream with `stream_answer`; the verdict, after
+    /// checking what was sent and whether descriptors are still used.
+    fn refused_descriptor(stream_answer: &'static [u8], still_used: bool) -> Verdict {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let path = std::env::temp_dir().join(format!("gw-fake-clamd-fd-{}.sock", std::process::id()));
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("gw-fake-clamd-fd-{}-{n}.sock", std::process::id()));
             let _ = std::fs::remove_file(&path);
             let listener = tokio::net::UnixListener::bind(&path).unwrap();
             let server = tokio::spawn(async move {
                 let mut commands = Vec::new();
-                for answer in [&b"1: fd[9]: lstat() failed: Permission denied. ERROR\0"[..], b"1: stream: Sig FOUND\0"]
-                {
+                for answer in [&b"1: fd[9]: lstat() failed: Permission denied. ERROR\0"[..], stream_answer] {
                     let (mut c, _) = listener.accept().await.unwrap();
                     let (command, body) = read_command(&mut c).await.unwrap();
                     assert_eq!(body, b"a small body");
@@ -499,12 +552,12 @@ mod tests {
             tx.send(Bytes::from_static(b"a small body")).await.unwrap();
             drop(tx);
             let v = clamd.scan_body(&mut crate::scan::backend::Body::new(rx)).await;
-            assert!(matches!(&v, Verdict::Infected { threats, .. } if threats == &["Sig"]), "{v:?}");
-            assert!(!clamd.fildes_usable(), "descriptors still used after a refusal");
+            assert_eq!(clamd.fildes_usable(), still_used, "descriptors used after {v:?}");
             let commands = server.await.unwrap();
             assert_eq!(commands[0], b"zIDSESSION\0zFILDES\0");
             assert_eq!(commands[1], b"zIDSESSION\0zINSTREAM\0");
             let _ = std::fs::remove_file(&path);
-        });
+            v
+        })
     }
 }
