@@ -238,3 +238,45 @@ fn a_held_200_mib_body_keeps_memory_near_spool_memory() {
     eprintln!("peak RSS while holding 200 MiB: {kb} kB");
     let _ = Duration::ZERO;
 }
+
+/// Bodies that end within 64 KiB reach a real clamd as passed descriptors,
+/// longer ones as streams; both are found infected where they are, and
+/// each clean one is scanned whole (clamd's own log names the path).
+#[test]
+fn small_bodies_go_as_descriptors_and_long_ones_as_streams() {
+    let dir = scratch("fildes");
+    let clamd = Clamd::start_with(dir.join("clamd"), "300M", "LogClean yes").unwrap();
+    let scanner = Arc::new(Scanner::standalone(&clamd_config(&clamd, &dir)).unwrap());
+    let rt = runtime();
+    let mut eicar_at_the_end = vec![b'.'; (64 << 10) - eicar().len()];
+    eicar_at_the_end.extend_from_slice(&eicar());
+    let mut long = eicar_at_the_end.clone();
+    long.insert(0, b'.');
+    rt.block_on(async {
+        for (body, infected) in [
+            (&b"small and clean"[..], false),
+            (&eicar_at_the_end[..], true),
+            (&long[..], true),
+            (&vec![b'x'; 100 << 10][..], false),
+        ] {
+            let done = scan_in_chunks(&scanner, body, 1000, false).await;
+            assert_eq!(
+                done.outcome.verdict.is_infected(),
+                infected,
+                "{} bytes: {:?}",
+                body.len(),
+                done.outcome.verdict
+            );
+        }
+    });
+    let log = std::fs::read_to_string(dir.join("clamd/clamd.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(": OK") || l.contains(" FOUND")).collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    // clamd names a descriptor's file (`/memfd:gateway-scan (deleted)`), a
+    // stream by its client (`instream(…)`).
+    let memfd = |l: &str| l.contains("/memfd:gateway-scan");
+    assert!(memfd(lines[0]) && lines[0].ends_with(": OK"), "{}", lines[0]);
+    assert!(memfd(lines[1]) && lines[1].ends_with(" FOUND"), "{}", lines[1]);
+    assert!(!memfd(lines[2]) && lines[2].ends_with(" FOUND"), "{}", lines[2]);
+    assert!(!memfd(lines[3]) && lines[3].ends_with(": OK"), "{}", lines[3]);
+}
