@@ -307,14 +307,25 @@ fn source_ports_are_shared_fairly() -> anyhow::Result<()> {
         &format!("http://{SERVER_V4}:8081/204"),
     ])?;
     assert_eq!(String::from_utf8_lossy(&b.stdout), "204", "{}", text(&b));
+    // The probe must be gone from the gateway before B's four arrive, or
+    // the fourth meets B's cap (a loaded gateway can see curl's FIN late).
+    wait_for("B's probe to close at the gateway", Duration::from_secs(10), || {
+        let out = env.rig.run(Ns::Gateway, "ss", &["-Htn", "exclude", "time-wait", "dst", "198.18.0.3"]).ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
+    })?;
     // B takes the other four ports; C then meets an exhausted range.
     let mut bh = hold("198.18.0.3", 4)?;
-    wait_for("eight upstream connections", Duration::from_secs(10), || {
+    // The kernel does not always offer every port of the range to one
+    // destination (a failed run had 40001-40008 in use, 40000 free, and
+    // "no free source port"), so B's fourth may already meet the
+    // exhausted range.
+    wait_for("eight upstream connections, or seven and no port left", Duration::from_secs(10), || {
         let out = env
             .rig
             .run(Ns::Gateway, "ss", &["-Htn", "state", "established", "dport = :8081", "src", "198.19.0.1"])
             .ok()?;
-        (String::from_utf8_lossy(&out.stdout).lines().count() >= 8).then_some(())
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        (n >= 8 || (n >= 7 && env.gw().log_text().contains("no free source port"))).then_some(())
     })?;
     let c = env.rig.curl(&[
         "-sS",
