@@ -269,7 +269,13 @@ fn small_bodies_go_as_descriptors_and_long_ones_as_streams() {
             );
         }
     });
-    let log = std::fs::read_to_string(dir.join("clamd/clamd.log")).unwrap();
+    // clamd writes its log line after its answer: wait for the fourth.
+    let verdicts = |log: &str| log.lines().filter(|l| l.contains(": OK") || l.contains(" FOUND")).count();
+    let read = || std::fs::read_to_string(dir.join("clamd/clamd.log")).unwrap_or_default();
+    let _ = tests::util::wait_for("clamd's log of four scans", Duration::from_secs(10), || {
+        (verdicts(&read()) >= 4).then_some(())
+    });
+    let log = read();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(": OK") || l.contains(" FOUND")).collect();
     assert_eq!(lines.len(), 4, "{log}");
     // clamd names a descriptor's file (`/memfd:gateway-scan (deleted)`), a
