@@ -223,7 +223,14 @@ impl Clamd {
         };
         let (mut refused, mut replayed) = (None, false);
         loop {
-            let (mut conn, reused) = match self.idle.take_or(self.connect()).await {
+            // A replay goes to a new connection: the other kept sessions
+            // are likely as dead as the one that failed (clamd restarted).
+            let conn = if replayed {
+                self.connect().await.map(|c| (c, false))
+            } else {
+                self.idle.take_or(self.connect()).await
+            };
+            let (mut conn, reused) = match conn {
                 Ok(c) => c,
                 Err(v) => return v,
             };
