@@ -221,10 +221,10 @@ impl Digest {
 
     /// The body's sha256; for a small body all zeros, which the cache
     /// never remembers.
-    fn finish(&self) -> [u8; 32] {
+    fn finish(self) -> [u8; 32] {
         match self {
             Digest::Small(_) => [0; 32],
-            Digest::Hashing(h) => h.clone().finalize().into(),
+            Digest::Hashing(h) => h.finalize().into(),
         }
     }
 }
@@ -384,7 +384,7 @@ impl Session {
     /// meanwhile, for trickling).
     pub fn end(mut self) -> (Pending, Option<Spool>) {
         self.tx = None;
-        let sha256 = self.digest.finish();
+        let sha256 = std::mem::replace(&mut self.digest, Digest::Small(Vec::new())).finish();
         let ready = match self.early.take() {
             Some(v) => Some((v, false)),
             None => match self.scanner.decider.known_body(&sha256) {

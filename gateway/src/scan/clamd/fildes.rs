@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use nix::sys::{
     memfd::{MFdFlags, memfd_create},
     socket::{ControlMessage, MsgFlags, sendmsg},
@@ -43,17 +44,19 @@ use crate::{
 /// as too large. No sane MaxFileSize is below 64 KiB.
 pub(super) const GATHER: usize = 64 * 1024;
 
-/// The whole body if it ends within [`GATHER`] bytes; `None` for a
-/// longer one. The caller rewinds the body either way.
-pub(super) async fn gather(body: &mut Body) -> Option<Vec<u8>> {
-    let mut data = Vec::new();
+/// The whole body, as the chunks [`Body`] keeps anyway (nothing is
+/// copied), if it ends within [`GATHER`] bytes; `None` for a longer one.
+/// The caller rewinds the body either way.
+pub(super) async fn gather(body: &mut Body) -> Option<Vec<Bytes>> {
+    let (mut chunks, mut len) = (Vec::new(), 0);
     while let Some(chunk) = body.recv().await {
-        data.extend_from_slice(&chunk);
-        if data.len() > GATHER {
+        len += chunk.len();
+        if len > GATHER {
             return None;
         }
+        chunks.push(chunk);
     }
-    Some(data)
+    Some(chunks)
 }
 
 /// A memfd and the length of what it holds.
@@ -76,22 +79,23 @@ impl Memfds {
         Memfds { free: Mutex::new(Vec::new()), max }
     }
 
-    /// A memfd holding exactly `data`.
-    pub(super) fn fill(&self, data: &[u8]) -> std::io::Result<Memfd> {
+    /// A memfd holding exactly the bytes of `chunks`, in order.
+    pub(super) fn fill(&self, chunks: &[Bytes]) -> std::io::Result<Memfd> {
         let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut m = match kept {
             Some(m) => m,
             None => Memfd { fd: memfd_create("gateway-scan", MFdFlags::MFD_CLOEXEC)?, len: 0 },
         };
+        let len = chunks.iter().map(Bytes::len).sum();
         let mut at = 0;
-        while at < data.len() {
-            at += nix::sys::uio::pwrite(m.fd.as_fd(), &data[at..], at as i64)?;
+        while at < len {
+            at += nix::sys::uio::pwritev(m.fd.as_fd(), &unwritten(chunks, at), at as i64)?;
         }
-        if m.len > data.len() {
+        if m.len > len {
             // What the last body left past this one's end must not be scanned.
-            nix::unistd::ftruncate(m.fd.as_fd(), data.len() as i64)?;
+            nix::unistd::ftruncate(m.fd.as_fd(), len as i64)?;
         }
-        m.len = data.len();
+        m.len = len;
         Ok(m)
     }
 
@@ -103,6 +107,27 @@ impl Memfds {
             free.push(m);
         }
     }
+}
+
+/// Slices one vectored write takes at most (Linux's IOV_MAX): a body sent
+/// in one-byte chunks takes several writes.
+const IOV_MAX: usize = 1024;
+
+/// The bytes of `chunks` from offset `at` on, for one vectored write.
+fn unwritten(chunks: &[Bytes], mut at: usize) -> Vec<IoSlice<'_>> {
+    let mut out = Vec::with_capacity(chunks.len().min(IOV_MAX));
+    for c in chunks {
+        if at >= c.len() {
+            at -= c.len();
+            continue;
+        }
+        out.push(IoSlice::new(&c[at..]));
+        at = 0;
+        if out.len() == IOV_MAX {
+            break;
+        }
+    }
+    out
 }
 
 /// One FILDES scan of `memfd` on `s` (opening the session first when
@@ -135,4 +160,37 @@ pub(super) async fn fildes(s: &mut UnixStream, new: bool, memfd: &Memfd, t: Dura
     }
     .await;
     answer(s, sent, t).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written in pieces (short writes, more chunks than one write takes),
+    /// the memfd holds the body exactly, and a shorter body after a longer
+    /// one leaves nothing of it behind.
+    #[test]
+    fn a_kept_memfd_holds_exactly_the_last_body() {
+        use std::io::Read as _;
+        let read = |m: &Memfd| {
+            let mut f = std::fs::File::from(m.fd.try_clone().unwrap());
+            let mut out = Vec::new();
+            nix::unistd::lseek(&m.fd, 0, nix::unistd::Whence::SeekSet).unwrap();
+            f.read_to_end(&mut out).unwrap();
+            out
+        };
+        let at =
+            |chunks: &[Bytes], at: usize| unwritten(chunks, at).iter().flat_map(|s| s.to_vec()).collect::<Vec<u8>>();
+        let chunks = [Bytes::from_static(b"abc"), Bytes::from_static(b"de"), Bytes::from_static(b"f")];
+        assert_eq!(at(&chunks, 0), b"abcdef");
+        assert_eq!(at(&chunks, 4), b"ef");
+        assert_eq!(at(&chunks, 6), b"");
+        let memfds = Memfds::new(1);
+        let many: Vec<Bytes> = (0..3000u32).map(|i| Bytes::from(vec![(i % 251) as u8])).collect();
+        let m = memfds.fill(&many).unwrap();
+        assert_eq!(read(&m), many.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>());
+        memfds.give(m);
+        let m = memfds.fill(&chunks).unwrap();
+        assert_eq!(read(&m), b"abcdef");
+    }
 }

@@ -283,14 +283,14 @@ impl Clamd {
         if !self.fildes_usable() {
             return Ok(None);
         }
-        let data = fildes::gather(body).await;
+        let chunks = fildes::gather(body).await;
         // At most GATHER plus one chunk was taken, well within what a body
         // keeps: this cannot fail, and must not be taken for granted.
         if !body.rewind() {
             return Err(Verdict::error(ErrorKind::Io, "a small body could not be rewound for clamd"));
         }
-        let Some(data) = data else { return Ok(None) };
-        match self.memfds.fill(&data) {
+        let Some(chunks) = chunks else { return Ok(None) };
+        match self.memfds.fill(&chunks) {
             Ok(m) => Ok(Some(m)),
             Err(e) => {
                 tracing::warn!("no memfd for a body for clamd at {} ({e}); streaming it", self.addr);
